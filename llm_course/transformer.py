@@ -1,0 +1,355 @@
+"""The decoder-only transformer: GPT-2 and Llama-style models from one class (chapter 05).
+
+Implements
+- `Block`: x + attention(norm(x)), then x + ffn(norm(x)) (Pre-LN, GPT-2 and Llama; Xiong et
+  al., 2020, "On Layer Normalization in the Transformer Architecture"), or
+  norm(x + attention(x)), then norm(x + ffn(x)) (Post-LN, Vaswani et al., 2017);
+- `Transformer`: token embedding (+ learned or sinusoidal positions) -> n_layers blocks
+  -> final norm (Pre-LN only) -> linear head to vocabulary logits. With the `gpt2_*`
+  presets it is GPT-2 (Radford et al., 2019); with `llama_tiny`/`llama2_7b` it is a Llama
+  (Touvron et al., 2023): RMSNorm, SwiGLU, RoPE, no biases, untied head, grouped-query
+  attention. Weights are initialized as GPT-2: N(0, 0.02), and the projections that write
+  into the residual stream (w_o, ffn.w2) N(0, 0.02 / sqrt(2 n_layers)).
+- `count_parameters(config)`, a closed formula (tested against the real count), and
+  `parameter_breakdown(config)` by component; `block_gradient_norms(model)` for the
+  Pre-LN vs Post-LN experiment.
+
+Checkpoint loading (GPT-2, Llama) lives in `llm_course.checkpoints`. Left out here: the KV
+cache (chapter 09), sampling (chapter 08), mixture-of-experts layers (chapter 10), a
+separate head_dim != d_model / n_heads, and RoPE scaling.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from llm_course.attention import MultiHeadAttention
+from llm_course.embeddings import LearnedPositionalEmbedding, SinusoidalPositionalEncoding, TokenEmbedding
+from llm_course.ffn import make_ffn
+from llm_course.norms import LayerNorm, RMSNorm, make_norm
+from llm_course.rope import RotaryEmbedding
+
+NORMS = ("layernorm", "rmsnorm")
+ACTIVATION_NAMES = ("gelu_tanh", "gelu", "relu", "swiglu")
+POSITIONS = ("learned", "rope", "sinusoidal", "none")
+
+
+@dataclass
+class TransformerConfig:
+    """Every size and choice that defines a model. Presets: `gpt2_small()`, `tiny()`, ...
+
+    `n_kv_heads` and `d_ff` left as None are filled in when the config is made (n_heads,
+    4 d_model). `dataclasses.replace` keeps the filled-in values: pass them again when you
+    change n_heads or d_model.
+    """
+
+    vocab_size: int = 50257  # V: number of token ids the model reads and predicts
+    context_length: int = 1024  # longest sequence; positions run 0 .. context_length - 1
+    d_model: int = 768  # C: width of the residual stream (embedding size)
+    n_layers: int = 12  # number of transformer blocks
+    n_heads: int = 12  # H: query heads per attention layer; d_head = d_model // n_heads
+    n_kv_heads: int | None = None  # H_kv: key/value heads; None means n_heads, 1 is multi-query
+    d_ff: int | None = None  # hidden size of the feed-forward network; None means 4 * d_model
+    norm: Literal["layernorm", "rmsnorm"] = "layernorm"  # LayerNorm (GPT-2) or RMSNorm (Llama)
+    activation: Literal["gelu_tanh", "gelu", "relu", "swiglu"] = "gelu_tanh"  # FFN; GPT-2 gelu_tanh, Llama swiglu
+    position: Literal["learned", "rope", "sinusoidal", "none"] = "learned"  # GPT-2 learned, Llama rope
+    rope_base: float = 10000.0  # base (theta) of the RoPE frequencies; Llama 3 uses 500000
+    tie_embeddings: bool = True  # the output head reuses the token embedding matrix (GPT-2 yes, Llama no)
+    bias: bool = True  # biases in the linear layers and LayerNorms (GPT-2 yes, Llama no)
+    pre_ln: bool = True  # normalize before each sub-layer (GPT-2, Llama) or after it (original Post-LN)
+    dropout: float = 0.0  # dropout on embeddings, attention weights and residual branches
+    norm_eps: float = 1e-5  # epsilon inside LayerNorm / RMSNorm
+    use_fused_attention: bool = False  # PyTorch's fused attention kernel instead of the course's function
+
+    def __post_init__(self):
+        if self.n_kv_heads is None:
+            self.n_kv_heads = self.n_heads
+        if self.d_ff is None:
+            self.d_ff = 4 * self.d_model
+        for name, value, allowed in [
+            ("norm", self.norm, NORMS),
+            ("activation", self.activation, ACTIVATION_NAMES),
+            ("position", self.position, POSITIONS),
+        ]:
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+        if self.d_model % self.n_heads != 0:
+            raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
+        if self.n_heads % self.n_kv_heads != 0:
+            raise ValueError(f"n_heads ({self.n_heads}) must be divisible by n_kv_heads ({self.n_kv_heads})")
+        if self.position == "rope" and self.d_head % 2 != 0:
+            raise ValueError(f"RoPE needs an even d_head, got {self.d_head}")
+        if self.position == "sinusoidal" and self.d_model % 2 != 0:
+            raise ValueError(f"sinusoidal positions need an even d_model, got {self.d_model}")
+
+    @property
+    def d_head(self) -> int:
+        """D: size of one attention head."""
+        return self.d_model // self.n_heads
+
+
+# ---------------------------------------------------------------------------------------
+# Presets
+# ---------------------------------------------------------------------------------------
+
+
+def gpt2_small(vocab_size: int = 50257) -> TransformerConfig:
+    """GPT-2 "small" (124M parameters): 12 layers, 768 wide, 12 heads, context 1024."""
+    return TransformerConfig(vocab_size=vocab_size, context_length=1024, d_model=768, n_layers=12, n_heads=12)
+
+
+def gpt2_medium(vocab_size: int = 50257) -> TransformerConfig:
+    """GPT-2 "medium" (355M parameters): 24 layers, 1024 wide, 16 heads, context 1024."""
+    return TransformerConfig(vocab_size=vocab_size, context_length=1024, d_model=1024, n_layers=24, n_heads=16)
+
+
+def tiny(vocab_size: int) -> TransformerConfig:
+    """A GPT-style model that trains in a few CPU minutes: 4 layers, 128 wide, 4 heads, context 128."""
+    return TransformerConfig(vocab_size=vocab_size, context_length=128, d_model=128, n_layers=4, n_heads=4)
+
+
+def llama_tiny(vocab_size: int) -> TransformerConfig:
+    """The Llama recipe at `tiny`'s size: RMSNorm, SwiGLU (d_ff ~ 8/3 C), RoPE, 2 KV heads, no biases."""
+    return TransformerConfig(
+        vocab_size=vocab_size, context_length=128, d_model=128, n_layers=4, n_heads=4, n_kv_heads=2,
+        d_ff=352, norm="rmsnorm", activation="swiglu", position="rope", tie_embeddings=False, bias=False,
+    )  # fmt: skip
+
+
+def llama2_7b() -> TransformerConfig:
+    """Llama 2 7B (6.74B parameters). For counting; instantiate it only on the meta device."""
+    return TransformerConfig(
+        vocab_size=32000, context_length=4096, d_model=4096, n_layers=32, n_heads=32, d_ff=11008,
+        norm="rmsnorm", activation="swiglu", position="rope", tie_embeddings=False, bias=False,
+    )  # fmt: skip
+
+
+def seeds_70b() -> TransformerConfig:
+    """The seeds' "70B" example: 8192 wide, 80 layers, 64 heads. For counting only.
+
+    The seeds give only those three numbers; the rest is Llama 2 70B, the model with that
+    shape: 8 KV heads, SwiGLU with d_ff = 28672, vocabulary 32000, untied head, no biases.
+    """
+    return TransformerConfig(
+        vocab_size=32000, context_length=4096, d_model=8192, n_layers=80, n_heads=64, n_kv_heads=8,
+        d_ff=28672, norm="rmsnorm", activation="swiglu", position="rope", tie_embeddings=False, bias=False,
+    )  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------
+# The model
+# ---------------------------------------------------------------------------------------
+
+
+class Block(nn.Module):
+    """One transformer block: attention then feed-forward, each with a residual connection."""
+
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        d_ff: int,
+        n_kv_heads: int | None = None,
+        norm: str = "layernorm",
+        activation: str = "gelu_tanh",
+        bias: bool = True,
+        dropout: float = 0.0,
+        pre_ln: bool = True,
+        norm_eps: float = 1e-5,
+        use_fused_attention: bool = False,
+        rope: RotaryEmbedding | None = None,
+    ):
+        super().__init__()
+        self.pre_ln = pre_ln
+        self.norm1 = make_norm(norm, d_model, norm_eps, bias)
+        self.attn = MultiHeadAttention(
+            d_model, n_heads, n_kv_heads, bias=bias, dropout=dropout, use_fused=use_fused_attention, rope=rope
+        )
+        self.norm2 = make_norm(norm, d_model, norm_eps, bias)
+        self.ffn = make_ffn(d_model, d_ff, activation, bias=bias, dropout=dropout)
+
+    def forward(
+        self, x: torch.Tensor, positions: torch.Tensor | None = None, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """x (B, T, C) -> (B, T, C); causal self-attention, `mask` optional extra mask."""
+        if self.pre_ln:
+            x = x + self.attn(self.norm1(x), positions, mask)
+            x = x + self.ffn(self.norm2(x))
+        else:
+            x = self.norm1(x + self.attn(x, positions, mask))
+            x = self.norm2(x + self.ffn(x))
+        return x
+
+
+class Transformer(nn.Module):
+    """A decoder-only language model: token ids (B, T) -> next-token logits (B, T, V).
+
+    `generator` (optional) makes the weight initialization independent of torch's global
+    random state.
+    """
+
+    def __init__(self, config: TransformerConfig, generator: torch.Generator | None = None):
+        super().__init__()
+        self.config = config
+        c = config
+        self.token_embedding = TokenEmbedding(c.vocab_size, c.d_model)
+        self.position_embedding: nn.Module | None = None
+        if c.position == "learned":
+            self.position_embedding = LearnedPositionalEmbedding(c.context_length, c.d_model)
+        elif c.position == "sinusoidal":
+            self.position_embedding = SinusoidalPositionalEncoding(c.context_length, c.d_model)
+        # One table of RoPE angles, shared by the attention of every block.
+        self.rope = RotaryEmbedding(c.d_head, c.context_length, c.rope_base) if c.position == "rope" else None
+        self.embedding_dropout = nn.Dropout(c.dropout)
+        self.blocks = nn.ModuleList(
+            Block(
+                c.d_model, c.n_heads, c.d_ff, c.n_kv_heads, norm=c.norm, activation=c.activation, bias=c.bias,
+                dropout=c.dropout, pre_ln=c.pre_ln, norm_eps=c.norm_eps,
+                use_fused_attention=c.use_fused_attention, rope=self.rope,
+            )  # fmt: skip
+            for _ in range(c.n_layers)
+        )
+        # Pre-LN leaves the residual stream unnormalized, so it needs a last norm; Post-LN does not.
+        self.final_norm = make_norm(c.norm, c.d_model, c.norm_eps, c.bias) if c.pre_ln else nn.Identity()
+        self.lm_head = nn.Linear(c.d_model, c.vocab_size, bias=False)
+        if c.tie_embeddings:
+            self.lm_head.weight = self.token_embedding.weight
+        self.reset_parameters(generator)
+
+    @torch.no_grad()
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """GPT-2's initialization: N(0, 0.02) everywhere, N(0, 0.02 / sqrt(2 L)) for w_o and ffn.w2,
+        zero biases, unit norm gains. The residual stream is a sum of 2 L branches; the smaller
+        scale keeps its variance from growing with depth."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, std=0.02, generator=generator)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, (TokenEmbedding, LearnedPositionalEmbedding)):
+                nn.init.normal_(module.weight, std=0.02, generator=generator)
+            elif isinstance(module, LayerNorm):
+                nn.init.ones_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, RMSNorm):
+                nn.init.ones_(module.weight)
+        residual_std = 0.02 / math.sqrt(2 * self.config.n_layers)
+        for block in self.blocks:
+            nn.init.normal_(block.attn.w_o.weight, std=residual_std, generator=generator)
+            nn.init.normal_(block.ffn.w2.weight, std=residual_std, generator=generator)
+
+    def check_inputs(self, idx: torch.Tensor, positions: torch.Tensor | None = None) -> None:
+        """Raise a TypeError / ValueError naming what was expected if idx or positions are unusable."""
+        c = self.config
+        if not isinstance(idx, torch.Tensor):
+            raise TypeError(f"idx must be a torch.Tensor of token ids, got {type(idx).__name__}")
+        if idx.is_floating_point() or idx.is_complex() or idx.dtype == torch.bool:
+            raise TypeError(f"idx must hold integer token ids (torch.long), got dtype {idx.dtype}")
+        if idx.dim() != 2:
+            raise ValueError(f"idx must have shape (B, T), got {idx.dim()} dimension(s): {tuple(idx.shape)}")
+        batch, seq_len = idx.shape
+        if idx.numel() == 0:
+            raise ValueError(f"idx must hold at least one token, got shape {tuple(idx.shape)}")
+        if positions is None and seq_len > c.context_length:
+            raise ValueError(f"sequence length {seq_len} exceeds context_length {c.context_length}")
+        low, high = int(idx.min()), int(idx.max())
+        if low < 0 or high >= c.vocab_size:
+            raise ValueError(
+                f"token ids must be in [0, {c.vocab_size}) (vocab_size), got values from {low} to {high}"
+            )
+        if positions is None:
+            return
+        if not isinstance(positions, torch.Tensor) or positions.is_floating_point() or positions.dtype == torch.bool:
+            raise TypeError(f"positions must be an integer tensor, got {getattr(positions, 'dtype', positions)}")
+        if positions.shape not in ((seq_len,), (batch, seq_len)):
+            raise ValueError(
+                f"positions must have shape (T,) or (B, T) = {(batch, seq_len)}, got {tuple(positions.shape)}"
+            )
+        low, high = int(positions.min()), int(positions.max())
+        if low < 0 or (c.position != "none" and high >= c.context_length):
+            raise ValueError(
+                f"positions must be in [0, {c.context_length}) (context_length), got values from {low} to {high}"
+            )
+
+    def features(
+        self, idx: torch.Tensor, positions: torch.Tensor | None = None, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The final hidden states (after the last norm) for token ids idx (B, T): (B, T, C)."""
+        self.check_inputs(idx, positions)
+        x = self.token_embedding(idx.long())  # (B, T, C)
+        if self.position_embedding is not None:
+            pos = torch.arange(idx.shape[1], device=idx.device) if positions is None else positions
+            x = x + self.position_embedding(pos)  # (B, T, C); pos is (T,) or (B, T)
+        x = self.embedding_dropout(x)
+        for block in self.blocks:
+            x = block(x, positions, mask)  # (B, T, C)
+        return self.final_norm(x)
+
+    def forward(
+        self, idx: torch.Tensor, positions: torch.Tensor | None = None, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Logits (B, T, V) for token ids idx (B, T).
+
+        `positions` (T,) or (B, T): where the tokens sit (default 0 .. T-1).
+        `mask`: optional boolean mask, True = may attend, broadcastable to (B, H, T, T),
+        combined with the causal mask (e.g. to hide padding).
+        """
+        return self.lm_head(self.features(idx, positions, mask))  # (B, T, V)
+
+
+# ---------------------------------------------------------------------------------------
+# Counting and measuring
+# ---------------------------------------------------------------------------------------
+
+
+def parameter_breakdown(config: TransformerConfig) -> dict[str, int]:
+    """Parameters per component, by formula (the values sum to `count_parameters`).
+
+    Per layer, with D = d_model / H and biases b = 1 if config.bias else 0:
+      attention  C (H D) + 2 C (H_kv D) + (H D) C  + b (H D + 2 H_kv D + C)
+      ffn        2 C F + b (F + C),  or for SwiGLU  3 C F + b (2 F + C)
+      norms      2 C (1 + b) for LayerNorm, 2 C for RMSNorm
+    plus V C for the token embedding, context_length C for learned positions, one final
+    norm (Pre-LN), and V C for the output head unless it is tied to the embedding.
+    """
+    c = config
+    C, V, F, b = c.d_model, c.vocab_size, c.d_ff, int(c.bias)
+    q_size, kv_size = c.n_heads * c.d_head, c.n_kv_heads * c.d_head
+    attention = C * q_size + 2 * C * kv_size + q_size * C + b * (q_size + 2 * kv_size + C)
+    if c.activation == "swiglu":
+        ffn = 3 * C * F + b * (2 * F + C)
+    else:
+        ffn = 2 * C * F + b * (F + C)
+    norm = C * (1 + b) if c.norm == "layernorm" else C
+    return {
+        "token_embedding": V * C,
+        "position_embedding": c.context_length * C if c.position == "learned" else 0,
+        "attention": c.n_layers * attention,
+        "ffn": c.n_layers * ffn,
+        "norms": (2 * c.n_layers + int(c.pre_ln)) * norm,
+        "lm_head": 0 if c.tie_embeddings else V * C,
+    }
+
+
+def count_parameters(config: TransformerConfig) -> int:
+    """Total number of parameters of `Transformer(config)`, tied matrices counted once."""
+    return sum(parameter_breakdown(config).values())
+
+
+def block_gradient_norms(model: Transformer) -> list[float]:
+    """The L2 norm of the gradient of each block's parameters, first block first.
+
+    Call it after `loss.backward()`. With Post-LN the early blocks' gradients grow (or
+    vanish) with depth at initialization; with Pre-LN they stay comparable.
+    """
+    norms = []
+    for block in model.blocks:
+        grads = [p.grad.float().pow(2).sum() for p in block.parameters() if p.grad is not None]
+        norms.append(torch.stack(grads).sum().sqrt() if grads else torch.zeros(()))
+    return torch.stack([n.cpu() for n in norms]).tolist()

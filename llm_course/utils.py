@@ -1,0 +1,50 @@
+"""Small helpers shared by the book, the command line and the tests.
+
+`get_device` is the only place that chooses hardware (CUDA, then Apple's MPS, then
+the CPU); library code never calls it. `set_seed` seeds every random generator the
+course uses, so a chapter's first cell makes the whole page reproducible.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+import torch
+
+
+def get_device(prefer: str | None = None) -> torch.device:
+    """Return the best available device: CUDA, then MPS, then CPU.
+
+    `prefer` ("cuda", "mps" or "cpu") asks for one explicitly; asking for a device
+    that is not available raises a `RuntimeError` naming what is available.
+    """
+    available = ["cpu"]
+    if torch.backends.mps.is_available():
+        available.insert(0, "mps")
+    if torch.cuda.is_available():
+        available.insert(0, "cuda")
+    if prefer is None:
+        return torch.device(available[0])
+    kind = torch.device(prefer).type
+    if kind not in available:
+        raise RuntimeError(f"device {prefer!r} was asked for, but only {available} are available")
+    return torch.device(prefer)
+
+
+def set_seed(seed: int = 0) -> torch.Generator:
+    """Seed Python's, NumPy's and PyTorch's generators (CPU and CUDA).
+
+    Returns a fresh CPU `torch.Generator` seeded with `seed`, for code that takes
+    an explicit generator (samplers, dropout, data shuffling).
+    """
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+    os.environ["PYTHONHASHSEED"] = str(seed)  # inherited by child processes only
+    return torch.Generator().manual_seed(seed)

@@ -1,0 +1,269 @@
+"""Tests for llm_course.attention, with torch.nn.functional.scaled_dot_product_attention and
+torch.nn.MultiheadAttention as oracles."""
+
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from llm_course.attention import (
+    MultiHeadAttention,
+    attention_flops,
+    attention_weights,
+    causal_mask,
+    dropout,
+    repeat_kv,
+    scaled_dot_product_attention,
+)
+from llm_course.rope import RotaryEmbedding
+
+DEVICE = "cuda"
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+# bf16 keeps 8 significant bits: one unit in the last place of a value in [2, 4) is 0.016.
+TOLERANCES = {torch.float32: dict(atol=1e-6, rtol=1e-5), torch.bfloat16: dict(atol=2e-2, rtol=2e-2)}
+
+
+def qkv(B, H, Tq, Tk, D, H_kv=None, dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    H_kv = H if H_kv is None else H_kv
+    q = torch.randn(B, H, Tq, D, generator=g)
+    k = torch.randn(B, H_kv, Tk, D, generator=g)
+    v = torch.randn(B, H_kv, Tk, D, generator=g)
+    return q.to(dtype), k.to(dtype), v.to(dtype)
+
+
+def test_causal_mask_worked_examples():
+    assert causal_mask(3).int().tolist() == [[1, 0, 0], [1, 1, 0], [1, 1, 1]]
+    # two new queries after two cached keys: they sit at positions 2 and 3
+    assert causal_mask(2, 4).int().tolist() == [[1, 1, 1, 0], [1, 1, 1, 1]]
+
+
+def test_attention_worked_example():
+    # One query equally similar to two keys: the output is the mean of the two values.
+    q = torch.tensor([[[[1.0, 0.0]]]])
+    k = torch.tensor([[[[1.0, 0.0], [1.0, 0.0]]]])
+    v = torch.tensor([[[[2.0, 0.0], [0.0, 4.0]]]])
+    assert scaled_dot_product_attention(q, k, v).flatten().tolist() == [1.0, 2.0]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(1, 1, 1, 1, 4), (2, 4, 7, 7, 16), (3, 2, 5, 9, 8), (1, 8, 33, 33, 64)])
+@pytest.mark.parametrize("kind", ["none", "causal", "bool", "float"])
+def test_equals_torch_sdpa(shape, kind, dtype):
+    B, H, Tq, Tk, D = shape
+    q, k, v = qkv(B, H, Tq, Tk, D, dtype=dtype)
+    g = torch.Generator().manual_seed(1)
+    mask, causal = None, False
+    if kind == "causal":
+        causal = True
+    elif kind == "bool":
+        mask = torch.rand(B, 1, Tq, Tk, generator=g) > 0.3
+        mask[..., 0] = True  # no fully masked rows (their output differs between torch versions)
+    elif kind == "float":
+        mask = torch.randn(B, H, Tq, Tk, generator=g).to(dtype)
+    ours = scaled_dot_product_attention(q, k, v, mask=mask, causal=causal)
+    if causal and Tq != Tk:
+        # torch's is_causal aligns the mask top-left; ours puts the queries last (as with a cache)
+        theirs = F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(Tq, Tk))
+    else:
+        theirs = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
+    assert ours.dtype == dtype
+    torch.testing.assert_close(ours, theirs, **TOLERANCES[dtype])
+
+
+def test_gradients_equal_torch_sdpa():
+    mask = torch.rand(2, 1, 6, 6, generator=torch.Generator().manual_seed(2)) > 0.4
+    mask[..., 0] = True
+    grads = []
+    for attend in (scaled_dot_product_attention, F.scaled_dot_product_attention):
+        q, k, v = (t.requires_grad_(True) for t in qkv(2, 4, 6, 6, 8, H_kv=2))
+        if attend is F.scaled_dot_product_attention:
+            out = attend(q, k, v, attn_mask=mask & causal_mask(6), enable_gqa=True)
+        else:
+            out = attend(q, k, v, mask=mask, causal=True)
+        (out * torch.linspace(-1, 1, 8)).sum().backward()
+        grads.append((q.grad, k.grad, v.grad))
+    for ours, theirs, name in zip(*grads, "qkv"):
+        torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5, msg=f"gradient of {name} differs")
+
+
+@pytest.mark.parametrize("H, H_kv", [(4, 2), (6, 1), (8, 8)])
+def test_grouped_query_attention_equals_torch(H, H_kv):
+    q, k, v = qkv(2, H, 10, 10, 8, H_kv=H_kv)
+    ours = scaled_dot_product_attention(q, k, v, causal=True)
+    theirs = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+    torch.testing.assert_close(ours, theirs, **TOLERANCES[torch.float32])
+    # GQA is MHA with each key/value head copied for its group of query heads
+    expected = F.scaled_dot_product_attention(q, repeat_kv(k, H // H_kv), repeat_kv(v, H // H_kv), is_causal=True)
+    torch.testing.assert_close(ours, expected, **TOLERANCES[torch.float32])
+
+
+def test_causal_queries_are_the_last_positions():
+    """Decoding with a cache: 3 new queries over 8 keys == the last 3 rows of full attention."""
+    q, k, v = qkv(2, 3, 8, 8, 16)
+    full = scaled_dot_product_attention(q, k, v, causal=True)
+    last = scaled_dot_product_attention(q[:, :, -3:], k, v, causal=True)
+    torch.testing.assert_close(last, full[:, :, -3:])
+    theirs = F.scaled_dot_product_attention(q[:, :, -3:], k, v, attn_mask=causal_mask(3, 8))
+    torch.testing.assert_close(last, theirs, **TOLERANCES[torch.float32])
+
+
+@pytest.mark.parametrize("kind", ["bool", "float"])
+def test_fully_masked_rows_give_zeros_not_nan(kind):
+    q, k, v = qkv(1, 2, 4, 4, 8)
+    q.requires_grad_(True)
+    mask = torch.ones(4, 4, dtype=torch.bool)
+    mask[2] = False  # query 2 may attend to nothing
+    if kind == "float":
+        mask = torch.zeros(4, 4).masked_fill(~mask, float("-inf"))
+    out = scaled_dot_product_attention(q, k, v, mask=mask)
+    assert not out.isnan().any(), "a fully masked row produced NaN"
+    assert out[:, :, 2].abs().max().item() == 0.0, "a fully masked row must output zeros"
+    assert out[:, :, [0, 1, 3]].abs().sum() > 0
+    out.sum().backward()
+    assert torch.isfinite(q.grad).all(), "NaN/inf gradient through a fully masked row"
+    # more queries than keys with causal: the first queries see no key at all
+    out = scaled_dot_product_attention(*qkv(1, 1, 5, 3, 4), causal=True)
+    assert not out.isnan().any() and out[0, 0, :2].abs().max().item() == 0.0
+
+
+def test_weights_rows_sum_to_one_and_respect_the_mask():
+    q, k, _ = qkv(2, 3, 6, 6, 8)
+    w = attention_weights(q, k, causal=True)
+    torch.testing.assert_close(w.sum(-1), torch.ones(2, 3, 6))
+    assert w.masked_select(~causal_mask(6)).abs().max().item() == 0.0, "a query attends to a later key"
+
+
+def test_scaling_keeps_score_variance_near_one():
+    """The claim behind dividing by sqrt(d_k): unit-variance q, k give Var(q.k) = d_k."""
+    g = torch.Generator().manual_seed(0)
+    D = 256
+    q, k = torch.randn(20000, D, generator=g), torch.randn(20000, D, generator=g)
+    raw = (q * k).sum(-1)
+    assert raw.var().item() == pytest.approx(D, rel=0.05)
+    assert (raw / math.sqrt(D)).var().item() == pytest.approx(1.0, rel=0.05)
+
+
+def test_dropout_uses_the_generator():
+    q, k, v = qkv(2, 2, 16, 16, 8)
+    a = scaled_dot_product_attention(q, k, v, dropout_p=0.5, generator=torch.Generator().manual_seed(3))
+    b = scaled_dot_product_attention(q, k, v, dropout_p=0.5, generator=torch.Generator().manual_seed(3))
+    c = scaled_dot_product_attention(q, k, v, dropout_p=0.5, generator=torch.Generator().manual_seed(4))
+    torch.testing.assert_close(a, b)
+    assert not torch.allclose(a, c)
+    x = dropout(torch.ones(100_000), 0.25, torch.Generator().manual_seed(0))
+    assert (x == 0).float().mean().item() == pytest.approx(0.25, abs=0.01)
+    assert x.mean().item() == pytest.approx(1.0, abs=0.02)  # inverted dropout keeps the mean
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        dropout(x, 1.0)
+
+
+def test_attention_flops_are_quadratic():
+    small, large = attention_flops(512, 768, 12), attention_flops(1024, 768, 12)
+    assert large["scores"] == 4 * small["scores"]
+    assert large["projections"] == 2 * small["projections"]
+    assert small["scores"] == 2 * 512 * 512 * 768
+    assert small["projections"] == 8 * 512 * 768 * 768
+    assert attention_flops(512, 768, 12, n_kv_heads=1)["projections"] < small["projections"]
+    assert small["total"] == small["projections"] + small["scores"] + small["weighted_sum"]
+
+
+def make_mha(d_model=32, n_heads=4, n_kv_heads=None, rope=None, bias=True, seed=0, use_fused=False):
+    torch.manual_seed(seed)
+    return MultiHeadAttention(d_model, n_heads, n_kv_heads, bias=bias, rope=rope, use_fused=use_fused).eval()
+
+
+def test_mha_equals_torch_multihead_attention():
+    ours = make_mha()
+    theirs = torch.nn.MultiheadAttention(32, 4, batch_first=True).eval()
+    with torch.no_grad():
+        theirs.in_proj_weight.copy_(torch.cat([ours.w_q.weight, ours.w_k.weight, ours.w_v.weight]))
+        theirs.in_proj_bias.copy_(torch.cat([ours.w_q.bias, ours.w_k.bias, ours.w_v.bias]))
+        theirs.out_proj.weight.copy_(ours.w_o.weight)
+        theirs.out_proj.bias.copy_(ours.w_o.bias)
+    x = torch.randn(3, 9, 32)
+    blocked = ~causal_mask(9)  # nn.MultiheadAttention's boolean mask means True = blocked
+    expected, _ = theirs(x, x, x, attn_mask=blocked, need_weights=False)
+    torch.testing.assert_close(ours(x), expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("n_kv_heads", [4, 2, 1])
+@pytest.mark.parametrize("use_rope", [False, True])
+def test_mha_fused_and_own_agree(n_kv_heads, use_rope):
+    rope = RotaryEmbedding(8, 64) if use_rope else None
+    own = make_mha(n_kv_heads=n_kv_heads, rope=rope)
+    fused = make_mha(n_kv_heads=n_kv_heads, rope=rope, use_fused=True)
+    fused.load_state_dict(own.state_dict())
+    x = torch.randn(2, 12, 32)
+    padding = torch.ones(2, 1, 1, 12, dtype=torch.bool)
+    padding[1, ..., 8:] = False  # the second sequence has 4 padding tokens at the end
+    for mask in (None, padding):
+        torch.testing.assert_close(fused(x, mask=mask), own(x, mask=mask), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fused(x, causal=False), own(x, causal=False), atol=1e-5, rtol=1e-5)
+
+
+def test_mha_shapes_and_parameter_counts():
+    mha = make_mha(d_model=64, n_heads=8, n_kv_heads=2, bias=False)
+    assert mha.d_head == 8
+    # w_q and w_o: 64 x 64 each; w_k and w_v: 64 x (2 heads * 8)
+    assert sum(p.numel() for p in mha.parameters()) == 2 * 64 * 64 + 2 * 64 * 16
+    q, k, v = mha.project(torch.randn(3, 5, 64))
+    assert q.shape == (3, 8, 5, 8) and k.shape == v.shape == (3, 2, 5, 8)
+    assert mha(torch.randn(3, 5, 64)).shape == (3, 5, 64)
+
+
+def test_mha_rejects_bad_head_counts():
+    with pytest.raises(ValueError, match=r"d_model \(30\) must be divisible by n_heads \(4\)"):
+        MultiHeadAttention(30, 4)
+    with pytest.raises(ValueError, match=r"n_heads \(4\) must be divisible by n_kv_heads \(3\)"):
+        MultiHeadAttention(32, 4, 3)
+    with pytest.raises(ValueError, match="d_head=16"):
+        MultiHeadAttention(32, 2, rope=RotaryEmbedding(8, 16))
+
+
+def test_mha_rope_depends_on_relative_positions_only():
+    mha = make_mha(rope=RotaryEmbedding(8, 64))
+    x = torch.randn(2, 10, 32)
+    torch.testing.assert_close(mha(x, positions=torch.arange(10)), mha(x))
+    torch.testing.assert_close(mha(x, positions=torch.arange(10) + 37), mha(x), atol=1e-5, rtol=1e-4)
+
+
+def test_mha_is_causal():
+    mha = make_mha()
+    x = torch.randn(1, 8, 32)
+    y = x.clone()
+    y[:, 5:] = torch.randn(1, 3, 32)
+    torch.testing.assert_close(mha(x)[:, :5], mha(y)[:, :5])
+
+
+def test_mha_parts_allow_decoding_one_token_at_a_time():
+    """What a KV cache will do: keys/values of earlier tokens + the new token's query."""
+    mha = make_mha(n_kv_heads=2, rope=RotaryEmbedding(8, 64))
+    x = torch.randn(2, 7, 32)
+    full = mha(x)
+    q, k, v = mha.project(x)
+    q_last, _, _ = mha.project(x[:, -1:], positions=torch.tensor([6]))
+    torch.testing.assert_close(q_last, q[:, :, -1:])
+    out = mha.attend(q_last, k, v, mask=None, causal=True)  # (B, H, 1, D)
+    out = mha.w_o(out.transpose(1, 2).flatten(2))
+    torch.testing.assert_close(out, full[:, -1:], atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.cuda
+@needs_cuda
+def test_attention_on_cuda_matches_cpu():
+    q, k, v = qkv(2, 4, 64, 64, 32, H_kv=2)
+    cpu = scaled_dot_product_attention(q, k, v, causal=True)
+    gpu = scaled_dot_product_attention(*(t.to(DEVICE, torch.bfloat16) for t in (q, k, v)), causal=True)
+    assert gpu.device.type == DEVICE
+    torch.testing.assert_close(gpu.float().cpu(), cpu, atol=2e-2, rtol=2e-2)
+    mha = make_mha(n_kv_heads=2, rope=RotaryEmbedding(8, 64))
+    x = torch.randn(2, 16, 32)
+    expected = mha(x)
+    for use_fused in (False, True):
+        mha_gpu = copy.deepcopy(mha).to(DEVICE, torch.bfloat16)
+        mha_gpu.use_fused = use_fused
+        got = mha_gpu(x.to(DEVICE, torch.bfloat16))
+        torch.testing.assert_close(got.float().cpu(), expected, atol=3e-2, rtol=3e-2)

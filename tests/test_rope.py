@@ -1,0 +1,115 @@
+"""Tests for llm_course.rope: against Hugging Face's Llama RoPE, Meta's complex-number form,
+and the relative-position property."""
+
+import pytest
+import torch
+
+from llm_course.rope import (
+    RotaryEmbedding,
+    apply_rope,
+    apply_rope_interleaved,
+    interleaved_to_half_order,
+    permute_interleaved_to_half,
+    rope_cache,
+    rope_score,
+    rotate_half,
+)
+
+
+def test_cache_shape_and_position_zero():
+    cos, sin = rope_cache(8, 16)
+    assert cos.shape == sin.shape == (16, 8)
+    assert cos[0].tolist() == [1.0] * 8 and sin[0].tolist() == [0.0] * 8
+    torch.testing.assert_close(cos[:, :4], cos[:, 4:])  # half layout: column j pairs with j + D/2
+    x = torch.randn(2, 3, 1, 8)
+    torch.testing.assert_close(apply_rope(x, cos, sin), x)  # position 0 is not rotated
+
+
+def test_rotate_half_worked_example():
+    assert rotate_half(torch.tensor([1.0, 2.0, 3.0, 4.0])).tolist() == [-3.0, -4.0, 1.0, 2.0]
+
+
+@pytest.mark.parametrize("batch_positions", [False, True])
+def test_equals_hugging_face_llama(batch_positions):
+    llama = pytest.importorskip("transformers.models.llama.modeling_llama")
+    from transformers import LlamaConfig
+
+    B, H, T, D, base = 2, 3, 11, 16, 500000.0
+    config = LlamaConfig(
+        hidden_size=H * D, num_attention_heads=H, max_position_embeddings=64,
+        rope_parameters={"rope_type": "default", "rope_theta": base},
+    )  # fmt: skip
+    g = torch.Generator().manual_seed(0)
+    q, k = torch.randn(B, H, T, D, generator=g), torch.randn(B, H, T, D, generator=g)
+    if batch_positions:
+        positions = torch.stack([torch.arange(T) + 5, torch.randperm(40, generator=g)[:T]])  # (B, T)
+    else:
+        positions = torch.arange(T)
+    hf_cos, hf_sin = llama.LlamaRotaryEmbedding(config)(q, positions.expand(B, T))
+    hf_q, hf_k = llama.apply_rotary_pos_emb(q, k, hf_cos, hf_sin)
+    cos, sin = rope_cache(D, 64, base)
+    torch.testing.assert_close(apply_rope(q, cos, sin, positions), hf_q, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(apply_rope(k, cos, sin, positions), hf_k, atol=1e-6, rtol=1e-6)
+
+
+def test_preserves_norms():
+    cos, sin = rope_cache(32, 100)
+    x = torch.randn(2, 4, 100, 32)
+    torch.testing.assert_close(apply_rope(x, cos, sin).norm(dim=-1), x.norm(dim=-1))
+
+
+def test_relative_position_property():
+    g = torch.Generator().manual_seed(1)
+    q, k = torch.randn(64, generator=g), torch.randn(64, generator=g)
+    for offset in (0, 3, 17):
+        scores = [rope_score(q, k, n + offset, n).item() for n in (0, 5, 100, 1000)]
+        assert max(scores) - min(scores) < 1e-9, f"offset {offset}: {scores}"
+    assert abs(rope_score(q, k, 3, 0).item() - rope_score(q, k, 17, 0).item()) > 1e-3  # offset matters
+    assert rope_score(q, k, 0, 0).item() == pytest.approx(torch.dot(q, k).item(), abs=1e-5)
+
+
+def test_interleaved_equals_meta_complex_form():
+    """Meta's Llama code: view pairs (2i, 2i+1) as complex numbers, multiply by e^{i m w}."""
+    B, H, T, D = 2, 3, 9, 8
+    x = torch.randn(B, H, T, D)
+    freqs = 1.0 / (10000.0 ** (torch.arange(0, D, 2).float() / D))
+    angles = torch.outer(torch.arange(T).float(), freqs)  # (T, D/2)
+    rotation = torch.polar(torch.ones_like(angles), angles)
+    expected = torch.view_as_real(torch.view_as_complex(x.reshape(B, H, T, D // 2, 2)) * rotation).flatten(-2)
+    cos, sin = rope_cache(D, T)
+    torch.testing.assert_close(apply_rope_interleaved(x, cos, sin), expected, atol=1e-6, rtol=1e-6)
+
+
+def test_layouts_differ_by_a_permutation():
+    D = 8
+    order = interleaved_to_half_order(D)
+    assert order.tolist() == [0, 2, 4, 6, 1, 3, 5, 7]
+    cos, sin = rope_cache(D, 10)
+    x = torch.randn(1, 2, 10, D)
+    interleaved = apply_rope_interleaved(x, cos, sin)
+    torch.testing.assert_close(apply_rope(x[..., order], cos, sin), interleaved[..., order])
+    assert not torch.allclose(apply_rope(x, cos, sin), apply_rope_interleaved(x, cos, sin))
+
+
+def test_permuted_projection_gives_the_same_scores():
+    H, D, C, T = 2, 8, 16, 6
+    w_q, w_k, x = torch.randn(H * D, C), torch.randn(H * D, C), torch.randn(1, T, C)
+    cos, sin = rope_cache(D, T)
+
+    def scores(wq, wk, rope):
+        q = (x @ wq.T).reshape(1, T, H, D).transpose(1, 2)  # (B, H, T, D)
+        k = (x @ wk.T).reshape(1, T, H, D).transpose(1, 2)  # (B, H, T, D)
+        return rope(q, cos, sin) @ rope(k, cos, sin).transpose(-2, -1)
+
+    meta = scores(w_q, w_k, apply_rope_interleaved)
+    hf = scores(permute_interleaved_to_half(w_q, H), permute_interleaved_to_half(w_k, H), apply_rope)
+    torch.testing.assert_close(hf, meta, atol=1e-4, rtol=1e-5)
+
+
+def test_rotary_module():
+    rope = RotaryEmbedding(8, 16)
+    assert rope.state_dict() == {}  # constants are buffers that are not saved
+    x = torch.randn(1, 2, 4, 8)
+    torch.testing.assert_close(rope(x, torch.arange(4)), rope(x))
+    with pytest.raises(ValueError, match="exceeds the RoPE cache length 16"):
+        rope(torch.randn(1, 2, 17, 8))
