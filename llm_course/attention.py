@@ -8,7 +8,8 @@ as the pure functions `attention_weights` and `scaled_dot_product_attention`, an
 `MultiHeadAttention`, which projects x into H heads of queries and H_kv heads of keys and
 values. H_kv = H is multi-head attention, 1 < H_kv < H grouped-query attention (Ainslie et
 al., 2023, "GQA"), H_kv = 1 multi-query attention (Shazeer, 2019); each group of H / H_kv
-query heads shares one key/value head (`repeat_kv`).
+query heads shares one key/value head (`repeat_kv`). `multi_head_attention` is the same
+computation as a pure function of explicit weight matrices.
 
 Conventions
 - Shapes: q (B, H, Tq, D), k and v (B, H_kv, Tk, D); the output is (B, H, Tq, D).
@@ -148,6 +149,27 @@ def attention_flops(seq_len: int, d_model: int, n_heads: int, n_kv_heads: int | 
     }
     flops["total"] = sum(flops.values())
     return flops
+
+
+def multi_head_attention(
+    x: torch.Tensor, w_q: torch.Tensor, w_k: torch.Tensor, w_v: torch.Tensor, w_o: torch.Tensor, n_heads: int
+) -> torch.Tensor:
+    """Causal multi-head self-attention with explicit weights: x (B, T, C) -> (B, T, C).
+
+    The weights are laid out like `nn.Linear.weight`, (out, in), so q = x @ w_q.T:
+    w_q (H D, C), w_k and w_v (H_kv D, C), w_o (C, H D), with D = rows of w_q / H. The number
+    of key/value heads is read from w_k: H_kv < H is grouped-query attention. The pure-function
+    form of `MultiHeadAttention` with bias=False, no RoPE and no dropout (the tests check it).
+    """
+    if w_q.shape[0] % n_heads != 0:
+        raise ValueError(f"w_q has {w_q.shape[0]} rows, not a multiple of n_heads ({n_heads})")
+    d_head = w_q.shape[0] // n_heads
+    n_kv_heads = w_k.shape[0] // d_head
+    q = rearrange(x @ w_q.T, "b t (h d) -> b h t d", h=n_heads)  # (B, H, T, D)
+    k = rearrange(x @ w_k.T, "b t (h d) -> b h t d", h=n_kv_heads)  # (B, H_kv, T, D)
+    v = rearrange(x @ w_v.T, "b t (h d) -> b h t d", h=n_kv_heads)  # (B, H_kv, T, D)
+    out = scaled_dot_product_attention(q, k, v, causal=True)  # (B, H, T, D)
+    return rearrange(out, "b h t d -> b t (h d)") @ w_o.T  # (B, T, C)
 
 
 class MultiHeadAttention(nn.Module):

@@ -52,7 +52,7 @@ class Tokenizer:
         self.vocab: dict[int, bytes] = bpe.build_vocab(self.merges)
         self._ranks = bpe.pair_ranks(self.vocab)
         self.special_tokens: dict[str, int] = {}
-        self._special_split: regex.Pattern | None = None
+        self._special_splits: dict[frozenset[str], regex.Pattern] = {}
         self._cache: dict[bytes, list[int]] = {}
         self.cache_size = cache_size
         if special_tokens:
@@ -83,9 +83,17 @@ class Tokenizer:
             if i in self.vocab or i in self.special_tokens.values():
                 raise ValueError(f"special token {text!r} wants id {i}, which is already taken")
             self.special_tokens[text] = i
-        # Longest first, so that "<|a|>b" cannot be cut short by a special token "<|a|>".
-        alternatives = sorted(self.special_tokens, key=len, reverse=True)
-        self._special_split = regex.compile("(" + "|".join(regex.escape(s) for s in alternatives) + ")")
+        self._special_splits.clear()
+
+    def _special_split(self, allowed: frozenset[str]) -> regex.Pattern:
+        """A pattern that splits text at the allowed special tokens (and only those), kept per set."""
+        pattern = self._special_splits.get(allowed)
+        if pattern is None:
+            # Longest first, so that "<|a|>b" cannot be cut short by a special token "<|a|>".
+            alternatives = sorted(allowed, key=len, reverse=True)
+            pattern = regex.compile("(" + "|".join(regex.escape(s) for s in alternatives) + ")")
+            self._special_splits[allowed] = pattern
+        return pattern
 
     @property
     def n_vocab(self) -> int:
@@ -124,6 +132,8 @@ class Tokenizer:
         `ValueError`; by default every special token not allowed is disallowed. Pass
         ``disallowed_special=()`` to encode such text as ordinary text instead.
         """
+        if not isinstance(text, str):
+            raise TypeError(f"encode expects a str, got {type(text).__name__}")
         allowed = set(self.special_tokens) if allowed_special == "all" else set(allowed_special)
         unknown = allowed - set(self.special_tokens)
         if unknown:
@@ -136,11 +146,11 @@ class Tokenizer:
                     f"allowed_special={{{special!r}}} to encode it as id {self.special_tokens.get(special)}, "
                     "or disallowed_special=() to encode it as ordinary text."
                 )
-        if not allowed or self._special_split is None:
+        if not allowed:
             return self.encode_ordinary(text)
         ids: list[int] = []
-        for i, part in enumerate(self._special_split.split(text)):
-            if i % 2 == 1 and part in allowed:  # odd parts are the special tokens found
+        for i, part in enumerate(self._special_split(frozenset(allowed)).split(text)):
+            if i % 2 == 1:  # odd parts are the allowed special tokens found
                 ids.append(self.special_tokens[part])
             else:
                 ids.extend(self.encode_ordinary(part))

@@ -10,6 +10,9 @@ from importlib import import_module
 
 CHAPTERS = {
     "02_tokenization": "tests.mutants.tokenization",
+    "03_embeddings": "tests.mutants.embeddings",
+    "04_attention": "tests.mutants.attention",
+    "05_transformer": "tests.mutants.transformer",
 }
 
 

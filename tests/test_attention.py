@@ -14,6 +14,7 @@ from llm_course.attention import (
     attention_weights,
     causal_mask,
     dropout,
+    multi_head_attention,
     repeat_kv,
     scaled_dot_product_attention,
 )
@@ -249,6 +250,26 @@ def test_mha_parts_allow_decoding_one_token_at_a_time():
     out = mha.attend(q_last, k, v, mask=None, causal=True)  # (B, H, 1, D)
     out = mha.w_o(out.transpose(1, 2).flatten(2))
     torch.testing.assert_close(out, full[:, -1:], atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("n_kv_heads", [4, 2, 1])
+def test_multi_head_attention_function_equals_the_module(n_kv_heads):
+    mha = make_mha(n_kv_heads=n_kv_heads, bias=False)
+    x = torch.randn(3, 9, 32)
+    weights = (mha.w_q.weight, mha.w_k.weight, mha.w_v.weight, mha.w_o.weight)
+    torch.testing.assert_close(multi_head_attention(x, *weights, n_heads=4), mha(x), atol=1e-6, rtol=1e-5)
+
+
+def test_multi_head_attention_function_equals_torch_multihead_attention():
+    torch.manual_seed(1)
+    theirs = torch.nn.MultiheadAttention(24, 3, bias=False, batch_first=True).eval()
+    w_q, w_k, w_v = theirs.in_proj_weight.detach().chunk(3)
+    x = torch.randn(2, 7, 24)
+    expected, _ = theirs(x, x, x, attn_mask=~causal_mask(7), need_weights=False)
+    got = multi_head_attention(x, w_q, w_k, w_v, theirs.out_proj.weight.detach(), n_heads=3)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match=r"not a multiple of n_heads \(5\)"):
+        multi_head_attention(x, w_q, w_k, w_v, theirs.out_proj.weight, n_heads=5)
 
 
 @pytest.mark.cuda

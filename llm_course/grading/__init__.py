@@ -22,6 +22,7 @@ import contextlib
 import copy
 import inspect
 import signal
+import sys
 import threading
 import time
 import types
@@ -135,13 +136,14 @@ def _referenced_objects(fn: Callable) -> Iterable[Any]:
     names = {name for c in _code_objects(code) for name in c.co_names}
     scope = getattr(fn, "__globals__", {})
     for name in names:
-        if name in scope:
-            value = scope[name]
-            yield value
-            if isinstance(value, types.ModuleType):
-                for attr in names:
-                    if hasattr(value, attr):
-                        yield getattr(value, attr)
+        value = scope.get(name, sys.modules.get(name))  # a global, or a module imported inside fn
+        if value is None:
+            continue
+        yield value
+        if isinstance(value, types.ModuleType):
+            for attr in names:
+                if hasattr(value, attr):
+                    yield getattr(value, attr)
     yield from getattr(fn, "__defaults__", None) or ()
     yield from (getattr(fn, "__kwdefaults__", None) or {}).values()
     for cell in getattr(fn, "__closure__", None) or ():

@@ -1,0 +1,60 @@
+# The course's commands. Each target sets up what it needs (virtual environment,
+# Python packages, MathJax) on a fresh machine, and reuses it afterwards.
+#
+#   make book        build the book into _build/html (every chapter executed)
+#   make test        run the whole test suite
+#   make exercises   regenerate exercises/ from solutions/ with nbgrader
+#   make bench       run the benchmarks (ratios against baselines, see bench/)
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# Quiet installs; the pip configuration of some machines prints one warning per package.
+PIP := $(PY) -m pip install -q --disable-pip-version-check
+QUIET := 2>&1 | { grep -v '^WARNING: Location' || true; }
+MATHJAX_VERSION := 3.2.2
+PYTEST_WORKERS ?= 2
+
+.PHONY: book test exercises bench clean
+
+$(VENV)/.book-deps: requirements.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) -r requirements.txt $(QUIET)
+	$(PIP) --no-deps -e . $(QUIET)
+	touch $@
+
+$(VENV)/.test-deps: requirements-test.txt $(VENV)/.book-deps
+	$(PIP) -r requirements-test.txt $(QUIET)
+	touch $@
+
+# MathJax 3 served by the book itself, so formulas render without network. It lives
+# under _build/static (html_static_path in _config.yml), not in _static/, whose
+# scripts Jupyter Book would load on every page.
+MATHJAX := _build/static/mathjax/tex-chtml.js
+$(MATHJAX):
+	mkdir -p _build/npm _build/static
+	npm install --no-save --no-package-lock --no-audit --no-fund --loglevel=error \
+	    --prefix _build/npm mathjax@$(MATHJAX_VERSION)
+	rm -rf _build/static/mathjax
+	cp -r _build/npm/node_modules/mathjax/es5 _build/static/mathjax
+
+book: $(VENV)/.book-deps $(MATHJAX)
+	$(PY) scripts/book_cache.py
+	$(VENV)/bin/jupyter-book build . -W --keep-going
+	@echo "The book is in _build/html/index.html"
+
+test: $(VENV)/.test-deps
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --durations=15
+
+exercises: $(VENV)/.book-deps
+	for dir in solutions/*/; do \
+	    $(VENV)/bin/nbgrader generate_assignment "$$(basename "$$dir")" --force; \
+	done
+
+bench: $(VENV)/.test-deps
+	for script in bench/bench_*.py; do $(PY) "$$script"; done
+
+clean:
+	rm -rf _build gradebook.db

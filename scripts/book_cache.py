@@ -1,0 +1,39 @@
+"""Clear the book's execution cache when the llm_course package has changed.
+
+Jupyter Book caches executed notebooks by their own content only. The pages run
+the package's code, so a change to the package must re-execute them: this script
+keeps a hash of every file of the package next to the cache and deletes the cache
+when the hash differs.
+"""
+
+import hashlib
+import shutil
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CACHE = ROOT / "_build" / ".jupyter_cache"
+STAMP = ROOT / "_build" / ".llm_course.sha256"
+
+
+def package_hash() -> str:
+    digest = hashlib.sha256()
+    for path in sorted((ROOT / "llm_course").rglob("*.py")):
+        digest.update(str(path.relative_to(ROOT)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def main() -> None:
+    current = package_hash()
+    if STAMP.exists() and STAMP.read_text() == current:
+        print("book cache: llm_course unchanged, cached pages are reused")
+        return
+    if CACHE.exists():
+        shutil.rmtree(CACHE)
+        print("book cache: llm_course changed, every page will be re-executed")
+    STAMP.parent.mkdir(parents=True, exist_ok=True)
+    STAMP.write_text(current)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,45 @@
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from llm_course import get_device, set_seed
+
+
+def test_get_device_picks_what_is_available():
+    device = get_device()
+    expected = "cuda" if torch.cuda.is_available() else ("mps" if torch.backends.mps.is_available() else "cpu")
+    assert device.type == expected
+    assert get_device("cpu") == torch.device("cpu")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="only meaningful without a GPU")
+def test_asking_for_a_missing_device_says_what_is_available():
+    with pytest.raises(RuntimeError, match=r"device 'cuda' was asked for, but only \['cpu'\]"):
+        get_device("cuda")
+
+
+def test_set_seed_makes_every_generator_repeat():
+    def draw():
+        return random.random(), np.random.rand(), torch.rand(1).item()
+
+    g1 = set_seed(123)
+    first = draw(), torch.rand(1, generator=g1).item()
+    g2 = set_seed(123)
+    assert (draw(), torch.rand(1, generator=g2).item()) == first
+    set_seed(124)
+    assert draw() != first[0]
+
+
+def test_set_seed_rejects_non_integers():
+    with pytest.raises(TypeError, match="seed must be an int"):
+        set_seed(1.5)
+
+
+@pytest.mark.cuda
+def test_set_seed_seeds_cuda():
+    set_seed(7)
+    a = torch.rand(3, device="cuda")
+    set_seed(7)
+    assert torch.equal(a, torch.rand(3, device="cuda"))
