@@ -13,6 +13,9 @@ CHAPTERS = {
     "03_embeddings": "tests.mutants.embeddings",
     "04_attention": "tests.mutants.attention",
     "05_transformer": "tests.mutants.transformer",
+    "06_pretraining": "tests.mutants.pretraining",
+    "07_scaling_laws": "tests.mutants.scaling_laws",
+    "08_generation": "tests.mutants.generation",
 }
 
 

@@ -108,3 +108,18 @@ def test_forbid_reference_allows_other_library_helpers():
         return {p: 256 for p in bpe.get_pair_counts(list(bpe.pretokenize(text)[0].encode()))}
 
     forbid_reference(train, bpe.train_bpe)  # uses helpers, not the reference itself
+
+
+def test_stub_message_hides_the_stub_traceback_but_crashes_keep_theirs():
+    def stub():
+        raise NotImplementedError()
+
+    def crash():
+        return [][1]
+
+    with pytest.raises(CheckFailed) as stub_info:
+        call(stub)
+    assert stub_info.value.__suppress_context__ and stub_info.value.__cause__ is None
+    with pytest.raises(CheckFailed) as crash_info:
+        call(crash)
+    assert isinstance(crash_info.value.__cause__, IndexError)

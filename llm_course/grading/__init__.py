@@ -106,18 +106,20 @@ def call(fn: Callable, *args: Any, copy_args: bool = True, **kwargs: Any) -> Any
         with time_limit(CALL_TIME_LIMIT):
             return fn(*args_copy, **kwargs_copy)
     except TimeLimitExceeded:
-        fail(
+        message = (
             f"{_name(fn)}({shown}) did not finish within {CALL_TIME_LIMIT:g} s: "
             "is there a loop that never ends, or a loop that makes no progress?"
         )
     except NotImplementedError:
-        fail(f"{_name(fn)} is not implemented yet: replace `raise NotImplementedError()` with your code.")
+        message = f"{_name(fn)} is not implemented yet: replace `raise NotImplementedError()` with your code."
     except CheckFailed:
         raise
     except RecursionError:
-        fail(f"{_name(fn)}({shown}) recursed without end (RecursionError).")
+        message = f"{_name(fn)}({shown}) recursed without end (RecursionError)."
     except Exception as err:  # noqa: BLE001 - any student error becomes a message
-        fail(f"{_name(fn)}({shown}) raised {type(err).__name__}: {err}")
+        # Chained, so the student also sees the traceback into their own code.
+        raise CheckFailed(f"{_name(fn)}({shown}) raised {type(err).__name__}: {err}") from err
+    raise CheckFailed(message) from None  # the message says it all: no traceback into the stub
 
 
 def _code_objects(code: types.CodeType) -> Iterable[types.CodeType]:

@@ -195,9 +195,9 @@ def _compare_sinusoidal(fn, seq_len: int, d_model: int, base: float) -> None:
             break
     (pos, col), _ = _worst(got, want)
     i = col // 2
-    what = f"{'sin' if col % 2 == 0 else 'cos'}({pos} * w_{i}), w_{i} = base ** (-{2 * i}/{d_model})"
+    what = f"{'sin' if col % 2 == 0 else 'cos'}({pos} * w_{i}) = {want[pos, col].item():.6f}"
     fail(
-        f"{text} is wrong at position {pos}, column {col}: expected {what} = {want[pos, col].item():.6f}, "
+        f"{text} is wrong at position {pos}, column {col}: expected {what} (w_{i} = base ** (-{2 * i}/{d_model})), "
         f"got {got[pos, col].item():.6f}.{hint}"
     )
 
@@ -450,6 +450,8 @@ def check_apply_rope(fn, hidden: bool = False) -> None:
             hint = ""
             if _close(got, torch.tensor([math.cos(1.0), math.sin(1.0), 0.0, 0.0]).reshape(1, 1, 1, 4), 1e-6):
                 hint = f" It looks like {ROPE_HINTS['interleaved']}."
+            elif _close(got, x, 1e-6):
+                hint = " Nothing was rotated: positions=[1] puts the token at position 1, so use cos[positions], sin[positions]."
             fail(
                 "with D = 4, the vector (1, 0, 0, 0) at position 1 should become (cos 1, 0, sin 1, 0) = "
                 f"{short([round(v, 4) for v in want.flatten().tolist()])}: value 0 pairs with value 0 + D/2 = 2; "
@@ -460,7 +462,8 @@ def check_apply_rope(fn, hidden: bool = False) -> None:
         x = torch.randn(2, 3, 5, 8, generator=g)
         _compare_rope(fn, x, cos, sin)
         _compare_rope(fn, x, cos, sin, torch.tensor([5, 9, 2, 15, 0]))
-        passed(fn, "the D = 2 and D = 4 worked examples, default positions and given positions are right")
+        _compare_rope(fn, x, cos, sin, torch.tensor([[0, 1, 2, 3, 4], [10, 11, 12, 13, 14]]))  # (B, T)
+        passed(fn, "the D = 2 and D = 4 worked examples and positions None, (T,) and (B, T) are right")
         return
     g = torch.Generator().manual_seed(6)
     n = 0
