@@ -138,8 +138,9 @@ def sinusoidal_encoding(
 
     Sines sit in the even columns and cosines in the odd ones, as in the paper.
     """
-    freqs = inverse_frequencies(d_model, base, device)  # (C/2,)
-    positions = torch.arange(seq_len, device=device, dtype=torch.float32)  # (T,)
+    work = torch.float64 if dtype == torch.float64 else torch.float32  # float64 only when asked for
+    freqs = inverse_frequencies(d_model, base, device, dtype=work)  # (C/2,)
+    positions = torch.arange(seq_len, device=device, dtype=work)  # (T,)
     angles = torch.outer(positions, freqs)  # (T, C/2)
     pe = torch.stack((angles.sin(), angles.cos()), dim=-1)  # (T, C/2, 2)
     return pe.flatten(-2).to(dtype)  # (T, C): sin, cos, sin, cos, ...

@@ -288,3 +288,15 @@ def test_attention_on_cuda_matches_cpu():
         mha_gpu.use_fused = use_fused
         got = mha_gpu(x.to(DEVICE, torch.bfloat16))
         torch.testing.assert_close(got.float().cpu(), expected, atol=3e-2, rtol=3e-2)
+
+
+@pytest.mark.cuda
+@needs_cuda
+def test_multi_head_attention_function_on_cuda_matches_cpu():
+    mha = make_mha(n_kv_heads=2, bias=False)
+    weights = [mha.w_q.weight, mha.w_k.weight, mha.w_v.weight, mha.w_o.weight]
+    x = torch.randn(2, 16, 32)
+    expected = multi_head_attention(x, *weights, n_heads=4)
+    got = multi_head_attention(x.to(DEVICE), *(w.to(DEVICE) for w in weights), n_heads=4)
+    assert got.device.type == DEVICE
+    torch.testing.assert_close(got.cpu(), expected, atol=1e-4, rtol=1e-4)

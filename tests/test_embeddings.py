@@ -109,3 +109,13 @@ def test_positional_modules():
     fixed = SinusoidalPositionalEncoding(32, 8)
     assert list(fixed.parameters()) == [] and fixed.state_dict() == {}  # a constant, not saved
     torch.testing.assert_close(fixed(torch.tensor([0, 3])), sinusoidal_encoding(32, 8)[[0, 3]])
+
+
+def test_sinusoidal_encoding_in_float64_is_computed_in_float64():
+    import math
+
+    from llm_course.embeddings import sinusoidal_encoding
+
+    pe = sinusoidal_encoding(20_000, 8, dtype=torch.float64)
+    assert pe.dtype == torch.float64
+    assert abs(pe[19_999, 0].item() - math.sin(19_999.0)) < 1e-12  # float32 angles would be off by ~1e-3

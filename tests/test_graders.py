@@ -19,7 +19,7 @@ import nbformat
 import pytest
 
 from llm_course.grading import TimeLimitExceeded, time_limit
-from tests.chapters import CHAPTERS, mutants
+from tests.chapters import CHAPTERS, REGISTERED, mutants
 from tests.nbgrader_harness import (
     ROOT,
     SOLUTION_MARKERS,
@@ -70,6 +70,15 @@ def run_in_process(
         if grade_id(cell) == stop_after:
             break
     return outcome
+
+
+def test_every_solution_folder_is_registered():
+    folders = {p.name for p in (ROOT / "solutions").iterdir() if p.is_dir()}
+    assert folders <= set(REGISTERED), f"add {sorted(folders - set(REGISTERED))} to tests/chapters.py"
+    assert folders <= set(CHAPTERS), f"{sorted(folders - set(CHAPTERS))} have no planted bugs in tests/mutants/"
+    for chapter in folders:
+        assert (ROOT / "exercises" / chapter).is_dir(), f"exercises/{chapter} is missing: run make exercises"
+        assert list((ROOT / "book").glob(f"{chapter}*.md")), f"book/{chapter}.md is missing"
 
 
 @pytest.mark.parametrize("chapter", CHAPTERS)

@@ -127,7 +127,10 @@ def _explain_attention(fn, q, k, v, mask, got, want) -> str:
     w = _student_weights(fn, q, k, mask)
     if w is None:
         b, h, i = _first_bad_row(got, want)
-        return f"the output differs from the reference at [{b}, {h}, {i}]: expected {_fmt(want[b, h, i])}, got {_fmt(got[b, h, i])}"
+        return (
+            f"the output differs from the reference at [{b}, {h}, {i}]: "
+            f"expected {_fmt(want[b, h, i])}, got {_fmt(got[b, h, i])}"
+        )
     ref_w = attention.attention_weights(q, k, mask=mask)
     allowed = _full_mask(mask, (B, H, Tq, Tk))
     if allowed is not None:
@@ -139,8 +142,12 @@ def _explain_attention(fn, q, k, v, mask, got, want) -> str:
                 f"the mask is not respected: query {i} gives weight {w[b, h, i, j].item():.3f} to key {j}, which "
                 f"the mask forbids (position {i} can see position {j})"
             )
-            if w.nan_to_num(0.0).masked_select(allowed).abs().max().item() < 1e-6 or torch.equal(leaked > 1e-6, ~allowed):
-                return msg + "; True in the mask means 'may attend': fill the scores where the mask is False, masked_fill(~mask, -inf)"
+            allowed_weight = w.nan_to_num(0.0).masked_select(allowed).abs().max().item()
+            if allowed_weight < 1e-6 or torch.equal(leaked > 1e-6, ~allowed):
+                return msg + (
+                    "; True in the mask means 'may attend': fill the scores where the mask is False, "
+                    "masked_fill(~mask, -inf)"
+                )
             return msg + "; set the scores of forbidden keys to -inf before the softmax"
     if not torch.isfinite(w).all():
         return (
@@ -153,7 +160,7 @@ def _explain_attention(fn, q, k, v, mask, got, want) -> str:
         b, h, i = idx // (H * Tq), idx // Tq % H, idx % Tq
         msg = f"rows of the attention matrix do not sum to 1 (query {i} of head {h}: {rows[b, h, i].item():.4f})"
         cols = w.sum(-2)
-        if Tq == Tk and torch.allclose(cols, torch.ones_like(cols), atol=1e-4):
+        if torch.allclose(cols, torch.ones_like(cols), atol=1e-4):
             return msg + ": its columns do, so the softmax ran over the queries; take it over the keys, dim=-1"
         if allowed is not None and w.masked_select(~allowed).abs().max().item() < 1e-7:
             return msg + (
@@ -161,6 +168,8 @@ def _explain_attention(fn, q, k, v, mask, got, want) -> str:
                 "to -inf *before* the softmax (scores.masked_fill(~mask, float('-inf')))"
             )
         return msg + ": softmax over the last dim (the keys) makes each query's weights sum to 1"
+    if torch.allclose(w, ref_w, **TOL):
+        return "the attention weights are right, but the output is not weights @ v: (B, H, Tq, Tk) @ (B, H, Tk, Dv)"
     for scale, why in [
         (1.0, "without the scaling: divide the scores by sqrt(d_k), d_k = q.shape[-1]"),
         (1.0 / D, "divided by d_k instead of sqrt(d_k)"),
@@ -168,10 +177,10 @@ def _explain_attention(fn, q, k, v, mask, got, want) -> str:
         (1.0 / math.sqrt(Tq), "divided by sqrt(Tq), the number of queries, instead of sqrt(d_k) = sqrt(q.shape[-1])"),
         (math.sqrt(D), "multiplied by sqrt(d_k) instead of dividing by it"),
     ]:
-        if abs(scale - 1 / math.sqrt(D)) > 1e-9 and torch.allclose(w, attention.attention_weights(q, k, mask=mask, scale=scale), **TOL):
+        if abs(scale - 1 / math.sqrt(D)) < 1e-9:
+            continue
+        if torch.allclose(w, attention.attention_weights(q, k, mask=mask, scale=scale), **TOL):
             return f"your attention weights are softmax(q k^T) {why}"
-    if torch.allclose(w, ref_w, **TOL):
-        return "the attention weights are right, but the output is not weights @ v (shape (B, H, Tq, Tk) @ (B, H, Tk, Dv))"
     b, h, i = _first_bad_row(w, ref_w)
     return (
         f"the attention weights of query {i} (batch {b}, head {h}) should be {_fmt(ref_w[b, h, i])}, "
@@ -196,7 +205,10 @@ def _compare_attention(fn, q, k, v, mask=None, label: str = "", large: bool = Fa
             hint = " (that is the shape of the attention matrix: multiply it by v)"
         elif sorted(got.shape) == sorted(shape):
             hint = " (the dimensions are in the wrong order)"
-        fail(f"scaled_dot_product_attention {where}: the output shape should be {shape} = (B, H, Tq, Dv), got {tuple(got.shape)}{hint}.")
+        fail(
+            f"scaled_dot_product_attention {where}: the output shape should be {shape} = (B, H, Tq, Dv), "
+            f"got {tuple(got.shape)}{hint}."
+        )
     got = got.detach()
     if not torch.isfinite(got).all():
         if large:
@@ -205,7 +217,8 @@ def _compare_attention(fn, q, k, v, mask=None, label: str = "", large: bool = Fa
                 "exp(200) overflows float32 (its limit is about exp(88)). Subtract each row's maximum before exp, "
                 "or use torch.softmax, which does."
             )
-        fail(f"scaled_dot_product_attention {where} returned NaN or inf: {_explain_attention(fn, q, k, v, mask, got, want)}.")
+        why = _explain_attention(fn, q, k, v, mask, got, want)
+        fail(f"scaled_dot_product_attention {where} returned NaN or inf: {why}.")
     if got.dtype != want.dtype:
         fail(f"scaled_dot_product_attention {where} should return {want.dtype} like its inputs, got {got.dtype}.")
     if not torch.allclose(got, want, **TOL):
@@ -374,10 +387,18 @@ def _explain_mha(fn, x, w_q, w_k, w_v, w_o, H, got) -> str:
 
 def _compare_mha(fn, x, w_q, w_k, w_v, w_o, H: int) -> None:
     want = attention.multi_head_attention(x, w_q, w_k, w_v, w_o, H)
-    got = _tensor(fn, call(fn, x, w_q, w_k, w_v, w_o, H), "the attention output")
     B, T, C = x.shape
     D = w_q.shape[0] // H
     H_kv = w_k.shape[0] // D
+    try:
+        got = _tensor(fn, call(fn, x, w_q, w_k, w_v, w_o, H), "the attention output")
+    except CheckFailed as err:
+        if H_kv == H:
+            raise
+        fail(
+            f"{err} (This case is grouped-query attention: w_k and w_v have {H_kv * D} rows, so there are "
+            f"{H_kv} key/value heads of size {D}, each shared by {H // H_kv} query heads.)"
+        )
     what = f"x {tuple(x.shape)}, n_heads={H}" + (f", {H_kv} key/value heads" if H_kv != H else "")
     if tuple(got.shape) != (B, T, C):
         fail(f"multi_head_attention({what}) should return shape {(B, T, C)} = (B, T, C), got {tuple(got.shape)}.")

@@ -73,11 +73,15 @@ def _compare_one_hot(fn, idx: torch.Tensor, weight: torch.Tensor) -> None:
         elif "smaller than num_classes" in message or "cannot be multiplied" in message:
             message += " Hint: the one-hot vectors need one entry per row of weight (V = weight.shape[0])."
         elif "dtype" in message or "scalar type" in message:
-            message += f" Hint: F.one_hot returns int64; convert it to weight's dtype ({weight.dtype}) before the product."
+            message += (
+                f" Hint: F.one_hot returns int64; convert it to weight's dtype ({weight.dtype}) before the product."
+            )
         raise CheckFailed(message) from None
     got = _tensor(fn, got, "the embedding vectors")
     _expect_shape(fn, got, want, text, " (one vector of size C for each id: idx.shape + (C,))")
-    _expect_dtype(got, weight.dtype, text, "the result should have weight's dtype; convert the one-hot matrix to weight.dtype, not to float32")
+    _expect_dtype(
+        got, weight.dtype, text, "convert the one-hot matrix to weight.dtype (not always to float32) before the product"
+    )
     if not _close(got, want, atol=1e-6 if weight.dtype == torch.float64 else 1e-5):
         where, _ = _worst(got, want)
         token = int(idx[where[:-1]]) if idx.dim() else int(idx)
@@ -225,7 +229,8 @@ def check_sinusoidal_encoding(fn, hidden: bool = False) -> None:
                     hint = f" It looks like {message}."
             fail(
                 "row 1 of sinusoidal_encoding(3, 4) should be [sin 1, cos 1, sin 0.01, cos 0.01] = "
-                f"{short([round(v, 6) for v in row1.tolist()])}, got {short([round(v, 6) for v in got[1].tolist()])}.{hint}"
+                f"{short([round(v, 6) for v in row1.tolist()])}, "
+                f"got {short([round(v, 6) for v in got[1].tolist()])}.{hint}"
             )
         cases = [(3, 4, 10000.0), (10, 8, 10000.0), (50, 16, 10000.0), (20, 6, 100.0)]
         for args in cases:
@@ -239,7 +244,7 @@ def check_sinusoidal_encoding(fn, hidden: bool = False) -> None:
         d_model = 2 * int(torch.randint(1, 65, (1,), generator=g))
         base = [10000.0, 100.0, 500000.0][int(torch.randint(0, 3, (1,), generator=g))]
         cases.append((seq_len, d_model, base))
-    cases += [(1, 2, 10000.0), (1, 64, 10000.0), (2048, 512, 10000.0), (100, 2, 10.0)]
+    cases += [(1, 2, 10000.0), (1, 64, 10000.0), (4096, 8, 10000.0), (100, 2, 10.0)]
     for args in cases:
         _compare_sinusoidal(fn, *args)
     passed(fn, f"all {len(cases)} random and edge cases (long tables, C = 2, other bases) match the reference")
@@ -305,7 +310,9 @@ def _compare_shift(fn, offset: float, d_model: int, base: float) -> None:
         prop = f" M @ PE[{start}] should equal PE[{start + k}], but they differ by up to {error:.3g}."
     (r, c), _ = _worst(got, want)
     if r // 2 != c // 2 and abs(got[r, c].item()) > atol:
-        where = f"entry ({r}, {c}) lies outside the 2x2 blocks on the diagonal and should be 0, got {got[r, c].item():.6f}"
+        where = (
+            f"entry ({r}, {c}) lies outside the 2x2 blocks on the diagonal and should be 0, got {got[r, c].item():.6f}"
+        )
     else:
         where = f"entry ({r}, {c}) (block {r // 2}) should be {want[r, c].item():.6f}, got {got[r, c].item():.6f}"
     fail(f"{text} is wrong: {where}.{prop}{hint}")
@@ -318,15 +325,18 @@ def check_sinusoidal_shift_matrix(fn, hidden: bool = False) -> None:
         got = _tensor(fn, call(fn, 0, 4, 10000.0), "the matrix M_k")
         _expect_shape(fn, got, torch.eye(4), "sinusoidal_shift_matrix(0, 4)")
         if not _close(got, torch.eye(4), 1e-6):
-            fail(f"a shift by 0 positions must be the identity matrix; sinusoidal_shift_matrix(0, 4) gave {short(got.tolist())}.")
+            fail(
+                "a shift by 0 positions must be the identity matrix; "
+                f"sinusoidal_shift_matrix(0, 4) gave {short(got.tolist())}."
+            )
         c, s = math.cos(1.0), math.sin(1.0)
         block = torch.tensor([[c, s], [-s, c]])
         got = _tensor(fn, call(fn, 1, 2, 10000.0), "the matrix M_k")
         _expect_shape(fn, got, block, "sinusoidal_shift_matrix(1, 2)")
         if not _close(got, block, 1e-6):
-            hint = " (the sine row and the cosine row are swapped, or the rotation goes the wrong way)" if _close(
-                got, block.T, 1e-6
-            ) else ""
+            hint = ""
+            if _close(got, block.T, 1e-6):
+                hint = " (you wrote the transpose, which shifts by -1: the minus sign belongs on the cosine row)"
             fail(
                 "sinusoidal_shift_matrix(1, 2) is one block for w_0 = 1: [[cos 1, sin 1], [-sin 1, cos 1]] = "
                 f"{short([[round(v, 4) for v in row] for row in block.tolist()])}, "
@@ -341,7 +351,7 @@ def check_sinusoidal_shift_matrix(fn, hidden: bool = False) -> None:
         error = (pe[:35] @ m.T - pe[5:]).abs().max().item()
         if error > 1e-4:
             fail(f"M_5 @ PE[pos] should equal PE[pos + 5] for every pos; the largest difference is {error:.3g}.")
-        passed(fn, f"the identity, the single block, {len(cases)} hand-picked matrices and PE[pos + 5] = M_5 PE[pos] are right")
+        passed(fn, f"the identity, one block, {len(cases)} more matrices and M_5 PE[pos] = PE[pos + 5] are right")
         return
     g = torch.Generator().manual_seed(5)
     cases = []
@@ -357,7 +367,7 @@ def check_sinusoidal_shift_matrix(fn, hidden: bool = False) -> None:
     m3, m4, m7 = (call(fn, k, 32, 10000.0).double() for k in (3, 4, 7))
     if not torch.allclose(m3 @ m4, m7, atol=1e-5):
         fail("shifting by 3 and then by 4 should be the same as shifting by 7: M_3 @ M_4 should equal M_7.")
-    passed(fn, f"all {len(cases)} random and edge cases (negative and fractional offsets, other bases) match the reference")
+    passed(fn, f"all {len(cases)} random and edge cases (negative and fractional offsets, other bases) are right")
 
 
 # --------------------------------------------------------------------------- RoPE
@@ -389,7 +399,10 @@ ROPE_HINTS = {
 def _compare_rope(fn, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, positions=None, check_input=False) -> None:
     want = rope.apply_rope(x, cos, sin, positions)
     pos_text = "None" if positions is None else f"shape {tuple(positions.shape)}"
-    text = f"apply_rope(x of shape {tuple(x.shape)} ({x.dtype}), cos/sin of shape {tuple(cos.shape)}, positions {pos_text})"
+    text = (
+        f"apply_rope(x of shape {tuple(x.shape)} ({x.dtype}), cos/sin of shape {tuple(cos.shape)}, "
+        f"positions {pos_text})"
+    )
     try:
         if check_input:
             original = x.clone()
@@ -425,7 +438,9 @@ def _compare_rope(fn, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pos
 
 def check_apply_rope(fn, hidden: bool = False) -> None:
     """apply_rope(x, cos, sin, positions): rotate pairs (x_j, x_{j+D/2}) by the angles of the cache rows."""
-    forbid_reference(fn, rope.apply_rope, rope.apply_rope_interleaved, rope.rotate_half, rope.RotaryEmbedding, rope._angles_for)
+    forbid_reference(
+        fn, rope.apply_rope, rope.apply_rope_interleaved, rope.rotate_half, rope.RotaryEmbedding, rope._angles_for
+    )
     if not hidden:
         # D = 2: the single pair (x0, x1) = (1, 0) at position m turns by m radians (w_0 = 1).
         cos, sin = rope.rope_cache(2, 8)
@@ -434,7 +449,8 @@ def check_apply_rope(fn, hidden: bool = False) -> None:
         want = torch.tensor([[math.cos(m), math.sin(m)] for m in range(4)]).reshape(1, 1, 4, 2)
         _expect_shape(fn, got, want, "apply_rope(x of shape (1, 1, 4, 2), cos, sin)")
         if not _close(got, want, 1e-6):
-            hint = " (it turned the wrong way: rotate_half(x) is (-x2, x1))" if _close(got, want * torch.tensor([1.0, -1.0]), 1e-6) else ""
+            backwards = _close(got, want * torch.tensor([1.0, -1.0]), 1e-6)
+            hint = " (it turned the wrong way: rotate_half(x) is (-x2, x1))" if backwards else ""
             fail(
                 "with D = 2, the vector (1, 0) at position m should become (cos m, sin m): for m = 0..3 "
                 f"{short([[round(v, 4) for v in row] for row in want[0, 0].tolist()])}, "
@@ -451,7 +467,10 @@ def check_apply_rope(fn, hidden: bool = False) -> None:
             if _close(got, torch.tensor([math.cos(1.0), math.sin(1.0), 0.0, 0.0]).reshape(1, 1, 1, 4), 1e-6):
                 hint = f" It looks like {ROPE_HINTS['interleaved']}."
             elif _close(got, x, 1e-6):
-                hint = " Nothing was rotated: positions=[1] puts the token at position 1, so use cos[positions], sin[positions]."
+                hint = (
+                    " Nothing was rotated: positions=[1] puts the token at position 1, "
+                    "so use cos[positions] and sin[positions]."
+                )
             fail(
                 "with D = 4, the vector (1, 0, 0, 0) at position 1 should become (cos 1, 0, sin 1, 0) = "
                 f"{short([round(v, 4) for v in want.flatten().tolist()])}: value 0 pairs with value 0 + D/2 = 2; "
@@ -467,7 +486,8 @@ def check_apply_rope(fn, hidden: bool = False) -> None:
         return
     g = torch.Generator().manual_seed(6)
     n = 0
-    for B, H, T, D, base in [(1, 1, 1, 2, 10000.0), (2, 4, 17, 16, 10000.0), (3, 2, 9, 64, 500000.0), (1, 8, 33, 32, 100.0)]:
+    shapes = [(1, 1, 1, 2, 10000.0), (2, 4, 17, 16, 10000.0), (3, 2, 9, 64, 500000.0), (1, 8, 33, 32, 100.0)]
+    for B, H, T, D, base in shapes:
         cos, sin = rope.rope_cache(D, 64, base)
         x = torch.randn(B, H, T, D, generator=g)
         _compare_rope(fn, x, cos, sin)

@@ -1,0 +1,265 @@
+"""Generating text with a trained model, and measuring it with perplexity (chapter 08).
+
+Implements
+- `generate`: autoregressive decoding. Each step runs the model on the tokens so far,
+  takes the logits of the last position and picks the next token with
+  `llm_course.sampling.sample_next` (greedy, temperature, top-k, top-p, with an explicit
+  `torch.Generator`); it stops after `max_new_tokens` or when every row has produced
+  `eos_id`. With the same weights, greedy decoding gives the tokens of Hugging Face's
+  `generate(do_sample=False)` (tests/test_generation.py).
+- `token_nlls` and `perplexity`: the negative log-likelihood of every token of a text
+  given the tokens before it, read through a sliding window of `context_length` tokens
+  moved by `stride`, and exp(mean NLL), the perplexity. This is the strided evaluation of
+  Hugging Face's "Perplexity of fixed-length models" guide, except that every token but the
+  first is scored exactly once, also when windows do not overlap.
+- `add_command`: ``python -m llm_course generate --checkpoint DIR --prompt TEXT ...``, where
+  DIR holds a model written by `llm_course.checkpoints.save_model` and a tokenizer JSON
+  written by `llm_course.tokenizer.Tokenizer.save`.
+
+Left out: the KV cache (chapter 09 adds it to `generate`: here every step recomputes the
+whole window), beam search, batches of prompts of different lengths (padding).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from llm_course.sampling import check_sampling_settings, sample_next
+
+TOKENIZER_NAME = "tokenizer.json"  # the tokenizer's file name in a checkpoint folder (others are searched)
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """Run the block with dropout off and no autograd, then restore the model's mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        model.train(was_training)
+
+
+def next_token_logits(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """The logits of the token that follows each row of `tokens` (B, T): shape (B, V).
+
+    The model sees at most its last `context_length` tokens; older ones are dropped.
+    """
+    window = tokens[:, -model.config.context_length :]  # (B, min(T, context_length))
+    return model(window)[:, -1, :]  # (B, V)
+
+
+def generate(
+    model: nn.Module,
+    idx: torch.Tensor,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+    eos_id: int | None = None,
+) -> torch.Tensor:
+    """Continue each row of the prompt `idx` (B, T) by up to `max_new_tokens` tokens: (B, T + n).
+
+    temperature, top_k, top_p and generator are those of `sample_next` (temperature 0 is
+    greedy). When `eos_id` is given, a row that has produced it is padded with `eos_id`
+    from then on, and generation stops early once every row has. The model runs in eval
+    mode without gradients; its previous mode is restored afterwards.
+    """
+    check_sampling_settings(temperature, top_k, top_p)
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
+    if not isinstance(idx, torch.Tensor) or idx.dim() != 2:
+        raise ValueError(f"idx must be a (B, T) tensor of token ids, got {getattr(idx, 'shape', type(idx).__name__)}")
+    model.check_inputs(idx[:, -model.config.context_length :])  # ids in range, at least one token
+    tokens = idx.long()  # (B, T)
+    finished = torch.zeros(tokens.shape[0], dtype=torch.bool, device=tokens.device)  # (B,)
+    with _eval_mode(model):
+        for _ in range(max_new_tokens):
+            # One step: the logits of the next token. This is where chapter 09's KV cache
+            # plugs in, feeding only the tokens the cache has not seen yet.
+            logits = next_token_logits(model, tokens)  # (B, V)
+            next_id = sample_next(logits, temperature, top_k, top_p, generator)  # (B,)
+            if eos_id is not None:
+                next_id = next_id.masked_fill(finished, eos_id)  # finished rows are padded with eos
+                finished |= next_id == eos_id
+            tokens = torch.cat([tokens, next_id[:, None]], dim=1)  # (B, T + 1)
+            if eos_id is not None and bool(finished.all()):
+                break
+    return tokens
+
+
+# ---------------------------------------------------------------------------------------
+# Perplexity
+# ---------------------------------------------------------------------------------------
+
+
+def _as_ids(model: nn.Module, ids: torch.Tensor | Sequence[int]) -> torch.Tensor:
+    device = next(model.parameters(), torch.empty(0)).device  # the model's device (CPU if it has no parameters)
+    ids = torch.as_tensor(ids, device=device)
+    if ids.dim() != 1 or ids.is_floating_point() or ids.dtype == torch.bool:
+        raise ValueError(f"ids must be a 1-D sequence of integer token ids, got shape {tuple(ids.shape)}, {ids.dtype}")
+    if ids.numel() < 2:
+        raise ValueError(f"perplexity needs at least 2 tokens (the first one is never predicted), got {ids.numel()}")
+    return ids.long()
+
+
+def token_nlls(
+    model: nn.Module,
+    ids: torch.Tensor | Sequence[int],
+    context_length: int | None = None,
+    stride: int | None = None,
+) -> torch.Tensor:
+    """-log p(ids[t] | the tokens before it) for t = 1 .. N-1, by a sliding window: shape (N-1,), float32.
+
+    Windows of `context_length` tokens (default: the model's) start every `stride` tokens
+    (default: context_length, windows that do not overlap). Each window scores only the
+    tokens no earlier window scored, so every token is scored once, with at least
+    context_length - stride tokens of context once the first window is passed.
+    """
+    ids = _as_ids(model, ids)
+    context_length = context_length or model.config.context_length
+    stride = stride or context_length
+    if not 1 <= context_length <= model.config.context_length:
+        raise ValueError(f"context_length must be in [1, {model.config.context_length}], got {context_length}")
+    if not 1 <= stride <= context_length:
+        raise ValueError(f"stride must be in [1, context_length = {context_length}], got {stride}")
+    n_targets = ids.numel() - 1  # the token at position t + 1 is predicted at position t
+    nlls = []
+    scored = 0  # predictions at positions 0 .. scored - 1 are done
+    with _eval_mode(model):
+        for begin in range(0, n_targets, stride):
+            end = min(begin + context_length, n_targets)  # predict from positions begin .. end - 1
+            logits = model(ids[None, begin:end])[0]  # (T, V)
+            log_probs = F.log_softmax(logits.float(), dim=-1)  # (T, V)
+            targets = ids[begin + 1 : end + 1]  # (T,)
+            nll = -log_probs.gather(-1, targets[:, None]).squeeze(-1)  # (T,)
+            nlls.append(nll[scored - begin :])  # only the positions not scored yet
+            scored = end
+            if end == n_targets:
+                break
+    return torch.cat(nlls)
+
+
+def perplexity(
+    model: nn.Module,
+    ids: torch.Tensor | Sequence[int],
+    context_length: int | None = None,
+    stride: int | None = None,
+) -> float:
+    """exp(mean negative log-likelihood per token) of the text `ids` (N,), read as in `token_nlls`.
+
+    A model that spreads its probability evenly over V tokens has perplexity V; a perfect
+    one has perplexity 1.
+    """
+    return math.exp(token_nlls(model, ids, context_length, stride).mean().item())
+
+
+# ---------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------
+
+
+def find_tokenizer(directory: str | Path) -> Path:
+    """The tokenizer JSON of a checkpoint folder: tokenizer.json, or the one llm_course-bpe JSON file."""
+    from llm_course.tokenizer import FORMAT_NAME
+
+    directory = Path(directory)
+    if (directory / TOKENIZER_NAME).is_file():
+        return directory / TOKENIZER_NAME
+    found = []
+    for path in sorted(directory.glob("*.json")):
+        try:
+            if json.loads(path.read_text(encoding="utf-8")).get("format") == FORMAT_NAME:
+                found.append(path)
+        except (ValueError, UnicodeDecodeError, AttributeError):
+            continue
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise FileNotFoundError(
+            f"checkpoint folder {str(directory)!r} has no tokenizer: save one there with "
+            f"Tokenizer.save('{directory / TOKENIZER_NAME}'), or pass --tokenizer PATH"
+        )
+    raise ValueError(
+        f"checkpoint folder {str(directory)!r} holds several tokenizers ({', '.join(p.name for p in found)}): "
+        "pass --tokenizer PATH to choose one"
+    )
+
+
+def load_checkpoint(directory: str | Path, device: torch.device | str = "cpu", tokenizer: str | Path | None = None):
+    """(model, tokenizer) from a folder written by `save_model` plus `Tokenizer.save`; clear errors if not."""
+    from llm_course.checkpoints import CONFIG_NAME, WEIGHTS_NAME, load_model
+    from llm_course.tokenizer import Tokenizer
+
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"checkpoint folder {str(directory)!r} does not exist")
+    missing = [name for name in (CONFIG_NAME, WEIGHTS_NAME) if not (directory / name).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"checkpoint folder {str(directory)!r} has no {' and no '.join(missing)}: "
+            "write the model there with llm_course.checkpoints.save_model(model, folder)"
+        )
+    tok = Tokenizer.load(tokenizer if tokenizer is not None else find_tokenizer(directory))
+    model = load_model(directory, device=device).eval()
+    if tok.n_vocab > model.config.vocab_size:
+        raise ValueError(
+            f"the tokenizer has {tok.n_vocab} ids but the model only {model.config.vocab_size}: "
+            "they were not trained together"
+        )
+    return model, tok
+
+
+def _run(args: argparse.Namespace) -> int:
+    from llm_course.utils import get_device
+
+    check_sampling_settings(args.temperature, args.top_k, args.top_p)
+    device = get_device(args.device)
+    model, tok = load_checkpoint(args.checkpoint, device, args.tokenizer)
+    prompt = tok.encode(args.prompt, allowed_special="all")
+    if not prompt:
+        raise ValueError("the prompt is empty: give at least one character with --prompt")
+    eos_id = tok.special_tokens.get(args.eos) if args.eos else None
+    if args.eos and eos_id is None:
+        raise ValueError(f"--eos {args.eos!r} is not a special token of this tokenizer ({sorted(tok.special_tokens)})")
+    generator = torch.Generator(device=device).manual_seed(args.seed)
+    idx = torch.tensor([prompt], device=device)  # (1, T)
+    out = generate(
+        model, idx, args.max_new_tokens, args.temperature, args.top_k, args.top_p, generator, eos_id=eos_id
+    )
+    print(tok.decode(out[0].tolist()))
+    return 0
+
+
+def add_command(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "generate",
+        help="generate text from a saved model",
+        description=(
+            "Continue a prompt with a model saved by llm_course.checkpoints.save_model; the folder must also hold "
+            "its tokenizer (Tokenizer.save, as tokenizer.json). Sampling: temperature -> top-k -> top-p, "
+            "temperature 0 is greedy."
+        ),
+    )
+    parser.add_argument("--checkpoint", type=Path, required=True, help="folder with the model and its tokenizer")
+    parser.add_argument("--prompt", required=True, help="the text to continue")
+    parser.add_argument("--max-new-tokens", type=int, default=100, help="tokens to generate (default: 100)")
+    parser.add_argument("--temperature", type=float, default=1.0, help="0 for greedy decoding (default: 1.0)")
+    parser.add_argument("--top-k", type=int, default=None, help="sample among the k most probable tokens")
+    parser.add_argument("--top-p", type=float, default=None, help="sample from the nucleus of probability p")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the sampler's generator (default: 0)")
+    parser.add_argument("--eos", default=None, help="stop at this special token, e.g. '<|endoftext|>'")
+    parser.add_argument("--tokenizer", type=Path, default=None, help="tokenizer JSON, if not in the folder")
+    parser.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
+    parser.set_defaults(func=_run)

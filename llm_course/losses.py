@@ -1,0 +1,65 @@
+"""The language-modelling loss: cross-entropy from a numerically stable log-softmax (chapter 06).
+
+Implements
+- `log_softmax(logits)`: log p_i = z_i - log sum_j exp(z_j), computed as
+  (z_i - m) - log sum_j exp(z_j - m) with m = max_j z_j, so that no exp overflows (the
+  log-sum-exp trick); a row may contain -inf (a masked token), not only +inf or NaN.
+- `cross_entropy(logits, targets, ignore_index=-100)`: the mean over positions of
+  -log p(target), where positions whose target is `ignore_index` (padding, or the prompt
+  of a fine-tuning example) count neither in the sum nor in the number of positions.
+  The same as `torch.nn.functional.cross_entropy` with the same arguments (the tests check).
+
+Both run in float32 whatever the dtype of the logits (bf16 logits lose too much precision
+in a sum over a vocabulary). Left out: label smoothing, class weights, and the fused
+kernels that avoid materializing the (N, V) log-probabilities.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+
+def log_softmax(logits: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """log softmax(logits) along `dim`, stable for large logits: subtract the maximum first.
+
+    softmax is unchanged when a constant is subtracted from every logit, so with m the
+    maximum the largest exponent is exp(0) = 1 and nothing overflows.
+    """
+    logits = logits.float()
+    m = logits.amax(dim=dim, keepdim=True).detach()  # (..., 1); a constant shift: no gradient needed
+    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))  # an all -inf row: shift by 0, not by -inf
+    shifted = logits - m
+    return shifted - shifted.exp().sum(dim=dim, keepdim=True).log()
+
+
+def cross_entropy(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    ignore_index: int = -100,
+    reduction: Literal["mean", "sum", "none"] = "mean",
+) -> torch.Tensor:
+    """Cross-entropy of next-token predictions: logits (..., V), integer targets (...).
+
+    reduction "mean" (default): the average of -log p(target) over the positions whose
+    target is not `ignore_index` (NaN if every position is ignored, as in PyTorch);
+    "sum": their sum; "none": the loss at every position (..., 0 where ignored).
+    """
+    if logits.shape[:-1] != targets.shape:
+        raise ValueError(
+            f"logits (..., V) and targets (...) must agree on the leading dims, got {tuple(logits.shape)} "
+            f"and {tuple(targets.shape)}"
+        )
+    logp = log_softmax(logits, dim=-1)  # (..., V) float32
+    keep = targets != ignore_index  # (...)
+    safe_targets = torch.where(keep, targets, torch.zeros_like(targets)).long()  # any valid index where ignored
+    nll = -logp.gather(-1, safe_targets.unsqueeze(-1)).squeeze(-1)  # (...)
+    nll = torch.where(keep, nll, torch.zeros_like(nll))
+    if reduction == "none":
+        return nll
+    if reduction == "sum":
+        return nll.sum()
+    if reduction == "mean":
+        return nll.sum() / keep.sum()
+    raise ValueError(f'reduction must be "mean", "sum" or "none", got {reduction!r}')

@@ -1,0 +1,740 @@
+"""Pretraining a language model: the training loop, checkpoints, exact resume, loss spikes (chapter 06).
+
+Implements
+- `TrainConfig`, every setting of a run, and `TokenBatches`, random windows of a token stream
+  in an order fixed by (seed, epoch), so that the data position is two integers;
+- `Trainer`: AdamW (`llm_course.optim`, or PyTorch's fused kernel), warmup + cosine
+  schedule, gradient clipping, gradient accumulation, bf16 autocast (on CUDA by default),
+  optional `torch.compile`, periodic validation, a progress bar with loss, tokens/s,
+  learning rate (and MFU on a known GPU);
+- checkpoints: model.safetensors + llm_course_config.json (readable by
+  `checkpoints.load_model`), optimizer.safetensors, trainer_state.safetensors (RNG states)
+  and trainer.json (step, schedule, data position, detector, Python/NumPy RNG states,
+  histories). Resuming restores all of it, so a stopped and resumed run computes the same
+  losses as one that never stopped (the tests check, bit for bit, on CPU);
+- `is_spike` and `SpikeDetector`: running statistics of the loss and of the gradient norm.
+  A step whose loss or norm is not finite, or is more than `threshold` standard deviations
+  above the recent mean, is not applied; after `spike_patience` bad steps in a row (or at
+  once with spike_action="rollback") the trainer rolls back to the last checkpoint taken
+  before the trouble began and goes on with fresh data (PaLM, Chowdhery et al., 2022, §5.1);
+- `flops_per_token`, `peak_flops` and model FLOPs utilization (MFU; PaLM, appendix B);
+- `sample_text`, a minimal sampler to watch training (chapter 08 builds the real ones);
+- the command `python -m llm_course train`.
+
+Left out: data parallelism (chapter 13), sequence packing with document masks, dynamic loss
+scaling for float16 (bf16 needs none), and streaming corpora larger than memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import math
+import random
+import shutil
+import statistics
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from llm_course.checkpoints import load_model, save_model
+from llm_course.losses import cross_entropy
+from llm_course.optim import AdamW, clip_grad_norm_, decay_groups, grad_norm, warmup_cosine
+from llm_course.transformer import TransformerConfig, parameter_breakdown
+
+CHECKPOINT_FORMAT = "llm_course-train-checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a training run (the model's own sizes live in `TransformerConfig`)."""
+
+    batch_size: int = 16  # B: sequences per micro-batch
+    seq_len: int = 128  # T: tokens per sequence (at most the model's context_length)
+    grad_accum: int = 1  # micro-batches per optimizer step: B * grad_accum * T tokens per step
+    max_steps: int = 1000  # optimizer steps of the whole run (the schedule ends here)
+    lr: float = 1e-3  # peak learning rate, reached at the end of warmup
+    min_lr_ratio: float = 0.1  # the cosine ends at min_lr_ratio * lr
+    warmup_steps: int = 100  # linear warmup from 0 to lr
+    weight_decay: float = 0.1  # decoupled weight decay of matrices and embeddings (not biases, gains)
+    beta1: float = 0.9  # AdamW's decay of the first moment (mean of gradients)
+    beta2: float = 0.95  # AdamW's decay of the second moment (mean of squared gradients)
+    eps: float = 1e-8  # AdamW's epsilon
+    grad_clip: float = 1.0  # clip the global gradient norm to this (0: no clipping)
+    eval_interval: int = 100  # steps between validation losses (0: only at the end)
+    eval_batches: int = 8  # micro-batches of validation data per evaluation
+    checkpoint_interval: int = 0  # steps between checkpoints in out_dir (0: only at the start and end)
+    keep_checkpoints: int = 3  # the newest checkpoints kept on disk (older ones are deleted)
+    spike_threshold: float = 6.0  # standard deviations above the recent mean that make a spike (0: NaN/inf only)
+    spike_window: int = 50  # recent accepted steps whose losses and gradient norms make the statistics
+    spike_min_history: int = 20  # no spike is called before this many steps were accepted
+    spike_action: Literal["skip", "rollback"] = "skip"  # what a spike does first: skip the update, or roll back
+    spike_patience: int = 5  # bad steps in a row after which "skip" rolls back too
+    max_rollbacks: int = 5  # give up (RuntimeError) after this many rollbacks
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 elsewhere
+    compile: bool = False  # torch.compile the forward pass and loss
+    fused_adamw: bool = False  # PyTorch's fused AdamW kernel instead of the course's AdamW
+    seed: int = 0  # seeds the data order and torch's generators (dropout)
+
+    def __post_init__(self):
+        for name in ("batch_size", "seq_len", "grad_accum", "max_steps", "eval_batches", "spike_window"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.spike_action not in ("skip", "rollback"):
+            raise ValueError(f'spike_action must be "skip" or "rollback", got {self.spike_action!r}')
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ValueError(f'precision must be "auto", "fp32" or "bf16", got {self.precision!r}')
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.batch_size * self.grad_accum * self.seq_len
+
+
+# ---------------------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------------------
+
+
+def encode_split(text: str, tokenizer, val_fraction: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids (torch.long) of the first 1 - val_fraction of `text` and of its held-out tail."""
+    from llm_course.data import train_val_split
+
+    train_text, val_text = train_val_split(text, val_fraction)
+    return (
+        torch.tensor(tokenizer.encode_ordinary(train_text), dtype=torch.long),
+        torch.tensor(tokenizer.encode_ordinary(val_text), dtype=torch.long),
+    )
+
+
+class TokenBatches:
+    """Batches (x, y) of B windows of T + 1 tokens from a 1-D token tensor; y is x shifted by one.
+
+    Epoch e cuts the stream into windows starting at a random offset and visits them in a
+    random order, both drawn from a generator seeded with (seed, e): the position in the
+    data is (epoch, cursor), and `state_dict` / `load_state_dict` save and restore it.
+    """
+
+    def __init__(self, tokens: torch.Tensor, batch_size: int, seq_len: int, seed: int = 0):
+        if tokens.dim() != 1:
+            raise ValueError(f"tokens must be a 1-D tensor of ids, got shape {tuple(tokens.shape)}")
+        if len(tokens) < 2 * (seq_len + 1):
+            raise ValueError(f"{len(tokens)} tokens are too few for windows of seq_len + 1 = {seq_len + 1} tokens")
+        self.tokens, self.batch_size, self.seq_len, self.seed = tokens, batch_size, seq_len, seed
+        self.epoch, self.cursor = 0, 0
+        self._starts = self._epoch_starts(0)
+
+    def _epoch_starts(self, epoch: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        offset = int(torch.randint(0, self.seq_len, (1,), generator=g))
+        n_windows = (len(self.tokens) - 1 - offset) // self.seq_len
+        return offset + self.seq_len * torch.randperm(n_windows, generator=g)  # (n_windows,)
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next (x, y), each (B, T), on the CPU; an epoch that runs out continues into the next."""
+        starts = []
+        while len(starts) < self.batch_size:
+            if self.cursor == len(self._starts):
+                self.epoch, self.cursor = self.epoch + 1, 0
+                self._starts = self._epoch_starts(self.epoch)
+            take = min(self.batch_size - len(starts), len(self._starts) - self.cursor)
+            starts.extend(self._starts[self.cursor : self.cursor + take].tolist())
+            self.cursor += take
+        index = torch.tensor(starts)[:, None] + torch.arange(self.seq_len + 1)  # (B, T + 1)
+        window = self.tokens[index]  # (B, T + 1)
+        return window[:, :-1].long(), window[:, 1:].long()
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "cursor": self.cursor, "seed": self.seed}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.seed, self.epoch, self.cursor = state["seed"], state["epoch"], state["cursor"]
+        self._starts = self._epoch_starts(self.epoch)
+
+
+def eval_batches(tokens: torch.Tensor, batch_size: int, seq_len: int, n_batches: int) -> list[tuple]:
+    """Up to `n_batches` (x, y) batches of consecutive windows from the start of `tokens` (always the same)."""
+    n_windows = min((len(tokens) - 1) // seq_len, batch_size * n_batches)
+    if n_windows < 1:
+        raise ValueError(f"validation needs at least seq_len + 1 = {seq_len + 1} tokens, got {len(tokens)}")
+    index = torch.arange(n_windows)[:, None] * seq_len + torch.arange(seq_len + 1)  # (n_windows, T + 1)
+    windows = tokens[index]
+    return [(w[:, :-1].long(), w[:, 1:].long()) for w in windows.split(batch_size)]
+
+
+# ---------------------------------------------------------------------------------------
+# Loss spikes
+# ---------------------------------------------------------------------------------------
+
+
+def is_spike(value: float, history: Sequence[float], threshold: float = 6.0, min_history: int = 20) -> bool:
+    """True if `value` is NaN or infinite, or (once `history` has at least `min_history`
+    values) more than `threshold` standard deviations above their mean.
+
+    The standard deviation is the population one (divide by n). Only upward jumps count:
+    a loss far *below* its recent mean is good news.
+    """
+    if not math.isfinite(value):
+        return True
+    if len(history) < min_history:
+        return False
+    mean = statistics.fmean(history)
+    std = statistics.pstdev(history, mu=mean)
+    return value > mean + threshold * std
+
+
+class SpikeDetector:
+    """Running statistics of the loss and of the gradient norm over the last `window` accepted steps.
+
+    `check(loss, norm)` says why a step is bad (or returns None); `accept(loss, norm)` adds a
+    good step to the statistics. Bad steps never enter them, so one spike cannot hide the next.
+    `threshold` 0 flags only NaN and inf.
+    """
+
+    def __init__(self, threshold: float = 6.0, window: int = 50, min_history: int = 20):
+        self.threshold, self.min_history = threshold, min_history
+        self.losses: deque[float] = deque(maxlen=window)
+        self.norms: deque[float] = deque(maxlen=window)
+
+    def check(self, loss: float, norm: float) -> str | None:
+        for name, value, history in (("loss", loss, self.losses), ("gradient norm", norm, self.norms)):
+            if not math.isfinite(value):
+                return f"{name} is {value}"
+            if self.threshold > 0 and is_spike(value, history, self.threshold, self.min_history):
+                mean, std = statistics.fmean(history), statistics.pstdev(history)
+                z = (value - mean) / std if std > 0 else math.inf
+                return (
+                    f"{name} {value:.4g} is {z:.1f} standard deviations above the mean of the last "
+                    f"{len(history)} steps ({mean:.4g} ± {std:.2g})"
+                )
+        return None
+
+    def accept(self, loss: float, norm: float) -> None:
+        self.losses.append(loss)
+        self.norms.append(norm)
+
+    def state_dict(self) -> dict:
+        return {"losses": list(self.losses), "norms": list(self.norms)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.losses.clear(), self.norms.clear()
+        self.losses.extend(state["losses"]), self.norms.extend(state["norms"])
+
+
+# ---------------------------------------------------------------------------------------
+# FLOPs and model FLOPs utilization
+# ---------------------------------------------------------------------------------------
+
+# Dense bf16 tensor-core peaks in TFLOP/s (NVIDIA data sheets; no sparsity), by device-name substring.
+PEAK_BF16_TFLOPS = [("H100 NVL", 835.0), ("H100 PCIe", 756.0), ("H100", 989.0), ("H200", 989.0),
+                    ("A100", 312.0), ("L40S", 362.0), ("L4", 121.0)]  # fmt: skip
+
+
+def flops_per_token(config: TransformerConfig, seq_len: int | None = None) -> int:
+    """Training FLOPs per token: 6 N + 12 L T C (PaLM, appendix B).
+
+    N counts the weights used in matrix products: every parameter except the position table
+    and (when the head is untied) the token table, whose lookups cost nothing; the tied or
+    untied head is counted. 6 = 2 FLOPs per multiply-add x (forward + backward's two
+    products). 12 L T C is attention's q k^T and weights @ v (2 T C each per token and
+    layer), times 3 for the backward pass, with the causal half counted as PaLM does.
+    """
+    parts = parameter_breakdown(config)
+    n = sum(parts.values()) - parts["position_embedding"]
+    if not config.tie_embeddings:
+        n -= parts["token_embedding"]
+    T = config.context_length if seq_len is None else seq_len
+    return 6 * n + 12 * config.n_layers * T * config.d_model
+
+
+def peak_flops(device: torch.device | str) -> float | None:
+    """The device's dense bf16 peak in FLOP/s, if it is a GPU in `PEAK_BF16_TFLOPS`; else None."""
+    device = torch.device(device)
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((tflops * 1e12 for key, tflops in PEAK_BF16_TFLOPS if key in name), None)
+
+
+# ---------------------------------------------------------------------------------------
+# The trainer
+# ---------------------------------------------------------------------------------------
+
+
+def _python_rng_state() -> list:
+    version, state, gauss = random.getstate()
+    return [version, list(state), gauss]
+
+
+def _numpy_rng_state() -> list:
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return [name, keys.tolist(), int(pos), int(has_gauss), float(cached)]
+
+
+class Trainer:
+    """Trains `model` (already on its device) on a stream of token ids; see the module docstring.
+
+    `out_dir` holds the checkpoints (none are written without it, and then a run cannot roll
+    back). `log` receives every line the trainer writes (validation losses, spikes,
+    rollbacks); `progress` shows a tqdm bar.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        config: TrainConfig,
+        train_tokens: torch.Tensor,
+        val_tokens: torch.Tensor | None = None,
+        out_dir: str | Path | None = None,
+        log: Callable[[str], None] | None = print,
+        progress: bool = False,
+    ):
+        c = config
+        if c.seq_len > model.config.context_length:
+            raise ValueError(f"seq_len {c.seq_len} exceeds the model's context_length {model.config.context_length}")
+        self.model, self.config = model, c
+        self.device = next(model.parameters()).device
+        self.out_dir = None if out_dir is None else Path(out_dir)
+        self.log, self.progress = log, progress
+        torch.manual_seed(c.seed)  # dropout and anything else that draws from torch's generator
+        self.data = TokenBatches(train_tokens, c.batch_size, c.seq_len, c.seed)
+        self.val_data = None if val_tokens is None else eval_batches(val_tokens, c.batch_size, c.seq_len, c.eval_batches)
+        groups = decay_groups(model, c.weight_decay)
+        hyper = dict(lr=c.lr, betas=(c.beta1, c.beta2), eps=c.eps)
+        self.optimizer = torch.optim.AdamW(groups, **hyper, fused=True) if c.fused_adamw else AdamW(groups, **hyper)
+        self.detector = SpikeDetector(c.spike_threshold, c.spike_window, c.spike_min_history)
+        self.use_bf16 = c.precision == "bf16" or (c.precision == "auto" and self.device.type == "cuda")
+        self.loss_fn = torch.compile(self.compute_loss) if c.compile else self.compute_loss
+        self.flops_per_token = flops_per_token(model.config, c.seq_len)
+        self.peak_flops = peak_flops(self.device)
+        self.step = 0  # optimizer steps done (the schedule's position; goes back on a rollback)
+        self.iteration = 0  # batches of steps processed, applied or not (never goes back)
+        self.bad_streak, self.first_bad_step, self.rollbacks = 0, None, 0
+        self.history: dict[str, list] = {k: [] for k in ("iteration", "step", "loss", "grad_norm", "lr", "tokens_per_s", "action")}
+        self.val_history: dict[str, list] = {"step": [], "iteration": [], "loss": []}
+        self.events: list[str] = []  # the lines about spikes, skips and rollbacks
+        self._bar = None
+
+    # ------------------------------------------------------------------ pieces of a step
+    def learning_rate(self, step: int) -> float:
+        c = self.config
+        return warmup_cosine(step, c.warmup_steps, c.max_steps, c.lr, c.lr * c.min_lr_ratio)
+
+    def get_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = self.data.next_batch()  # (B, T) each, on the CPU
+        return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+    def autocast(self):
+        if self.use_bf16:
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def compute_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy of the model's next-token predictions for x (B, T) against y (B, T)."""
+        with self.autocast():
+            logits = self.model(x)  # (B, T, V)
+        return cross_entropy(logits, y)  # float32
+
+    def say(self, line: str, event: bool = False) -> None:
+        if event:
+            self.events.append(line)
+        if self.log is not None:
+            (self._bar.write if self._bar is not None else self.log)(line)
+
+    # ------------------------------------------------------------------ one step
+    def train_step(self) -> dict:
+        """One optimizer step: forward and backward over grad_accum micro-batches, clip, check, update."""
+        c = self.config
+        start = time.perf_counter()
+        lr = self.learning_rate(self.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.model.train()
+        loss_sum = torch.zeros((), device=self.device)
+        for _ in range(c.grad_accum):
+            x, y = self.get_batch()
+            loss = self.loss_fn(x, y)
+            (loss / c.grad_accum).backward()
+            loss_sum += loss.detach()
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        if c.grad_clip > 0:
+            norm = clip_grad_norm_(params, c.grad_clip)
+        else:
+            norm = grad_norm([p.grad for p in params if p.grad is not None])
+        loss_value, norm_value = (loss_sum / c.grad_accum).item(), norm.item()  # one sync per step
+
+        reason = self.detector.check(loss_value, norm_value)
+        step = self.step
+        if reason is None:
+            self.optimizer.step()
+            self.detector.accept(loss_value, norm_value)
+            self.bad_streak, self.first_bad_step, action = 0, None, "update"
+        else:
+            action = self._handle_bad_step(reason)
+        self.optimizer.zero_grad(set_to_none=True)
+        if action != "rollback":
+            self.step += 1
+        self.iteration += 1
+        seconds = time.perf_counter() - start
+        record = dict(iteration=self.iteration, step=step, loss=loss_value, grad_norm=norm_value, lr=lr,
+                      tokens_per_s=c.tokens_per_step / seconds, action=action)  # fmt: skip
+        for key, value in record.items():
+            self.history[key].append(value)
+        return record
+
+    def _handle_bad_step(self, reason: str) -> str:
+        c = self.config
+        self.bad_streak += 1
+        if self.first_bad_step is None:
+            self.first_bad_step = self.step
+        if c.spike_action == "rollback" or self.bad_streak >= c.spike_patience:
+            target = self._rollback_target()
+            if target is not None:
+                self._rollback(target, reason)
+                return "rollback"
+            if self.bad_streak >= c.spike_patience:
+                raise RuntimeError(
+                    f"step {self.step}: {self.bad_streak} bad steps in a row ({reason}) and no checkpoint from "
+                    "before them to roll back to; give the trainer an out_dir and a checkpoint_interval"
+                )
+        self.say(f"step {self.step}: skipped the update: {reason}", event=True)
+        return "skip"
+
+    def _rollback_target(self) -> Path | None:
+        """The newest checkpoint taken before the first bad step of this streak.
+
+        A checkpoint of step s holds the weights after s updates. The first bad step t saw the
+        weights after t updates, so the last one that may have damaged them is update t; a
+        checkpoint with s < t is from before it.
+        """
+        older = [p for s, p in self.checkpoints() if s < self.first_bad_step]
+        return older[-1] if older else None
+
+    def _rollback(self, target: Path, reason: str) -> None:
+        self.rollbacks += 1
+        if self.rollbacks > self.config.max_rollbacks:
+            raise RuntimeError(f"step {self.step}: {reason}; gave up after {self.config.max_rollbacks} rollbacks")
+        bad_from = self.first_bad_step
+        now = self.step
+        self.load_checkpoint(target, restore_data=False)  # fresh data: the batches that led here are skipped
+        self.say(
+            f"step {now}: {reason}; {self.bad_streak} bad step(s) in a row since step {bad_from}: rolled back to "
+            f"the checkpoint of step {self.step} ({target.name}); the data goes on from where it was",
+            event=True,
+        )
+        self.bad_streak, self.first_bad_step = 0, None
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """Mean loss over the validation batches (the same ones every time), in eval mode."""
+        if self.val_data is None:
+            raise ValueError("this trainer has no validation tokens")
+        self.model.eval()
+        losses = [self.loss_fn(x.to(self.device), y.to(self.device)) for x, y in self.val_data]
+        self.model.train()
+        return torch.stack(losses).mean().item()
+
+    def _validate(self) -> float:
+        val = self.evaluate()
+        self.val_history["step"].append(self.step)
+        self.val_history["iteration"].append(self.iteration)
+        self.val_history["loss"].append(val)
+        recent = self.history["loss"][-20:]
+        train = f" (train {statistics.fmean(recent):.4f}, mean of the last {len(recent)} steps)" if recent else ""
+        self.say(f"step {self.step}: validation loss {val:.4f}{train}")
+        return val
+
+    # ------------------------------------------------------------------ the loop
+    def train(self, until_step: int | None = None) -> dict[str, list]:
+        """Train until `until_step` (default: config.max_steps) optimizer steps are done; returns history.
+
+        Validates every eval_interval steps and at the end, saves a checkpoint at the start,
+        every checkpoint_interval steps and at the end (with an out_dir).
+        """
+        c = self.config
+        until = c.max_steps if until_step is None else min(until_step, c.max_steps)
+        if self.out_dir is not None and not self.checkpoints():
+            self.save_checkpoint()
+        from tqdm.auto import tqdm
+
+        self._bar = tqdm(total=until, initial=self.step, disable=not self.progress, unit="step", dynamic_ncols=True)
+        try:
+            while self.step < until:
+                record = self.train_step()
+                if record["action"] == "rollback":
+                    self._bar.reset(total=until)
+                    self._bar.update(self.step)
+                    continue
+                self._bar.update(1)
+                postfix = {"loss": f"{record['loss']:.3f}", "tok/s": f"{record['tokens_per_s']:,.0f}", "lr": f"{record['lr']:.2e}"}
+                if self.peak_flops:
+                    postfix["mfu"] = f"{record['tokens_per_s'] * self.flops_per_token / self.peak_flops:.1%}"
+                self._bar.set_postfix(postfix, refresh=False)
+                done = self.step == until
+                if self.val_data is not None and ((c.eval_interval and self.step % c.eval_interval == 0) or done):
+                    self._validate()
+                # A checkpoint is taken only after a good step, so that a rollback lands before the trouble.
+                due = c.checkpoint_interval and self.step % c.checkpoint_interval == 0 and self.bad_streak == 0
+                if self.out_dir is not None and (due or done):
+                    self.save_checkpoint()
+        finally:
+            self._bar.close()
+            self._bar = None
+        return self.history
+
+    def mfu(self, tokens_per_s: float) -> float | None:
+        """Model FLOPs utilization at `tokens_per_s`: achieved FLOP/s over the device's bf16 peak."""
+        return None if self.peak_flops is None else tokens_per_s * self.flops_per_token / self.peak_flops
+
+    # ------------------------------------------------------------------ checkpoints
+    def checkpoints(self) -> list[tuple[int, Path]]:
+        """(step, folder) of every complete checkpoint in out_dir, oldest first."""
+        if self.out_dir is None or not self.out_dir.exists():
+            return []
+        found = [(int(p.name.split("_")[1]), p) for p in self.out_dir.glob("step_*") if (p / "trainer.json").exists()]
+        return sorted(found)
+
+    def save_checkpoint(self) -> Path:
+        """Write a checkpoint of the current step to out_dir/step_NNNNNNN (atomically) and prune old ones."""
+        if self.out_dir is None:
+            raise ValueError("this trainer has no out_dir to save checkpoints in")
+        final = self.out_dir / f"step_{self.step:07d}"
+        tmp = self.out_dir / f".tmp_{final.name}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        save_model(self.model, tmp)
+        opt = self.optimizer.state_dict()
+        tensors = {f"state.{i}.{k}": t for i, s in opt["state"].items() for k, t in s.items()}
+        save_file({k: t.contiguous() for k, t in tensors.items()}, str(tmp / "optimizer.safetensors"))
+        rng = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng.update({f"cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+        save_file(rng, str(tmp / "trainer_state.safetensors"))
+        meta = {
+            "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
+            "step": self.step, "iteration": self.iteration, "rollbacks": self.rollbacks,
+            "train_config": dataclasses.asdict(self.config),
+            "optimizer": {"class": type(self.optimizer).__name__, "param_groups": opt["param_groups"]},
+            "data": self.data.state_dict(), "detector": self.detector.state_dict(),
+            "rng": {"python": _python_rng_state(), "numpy": _numpy_rng_state()},
+            "history": self.history, "val_history": self.val_history, "events": self.events,
+        }  # fmt: skip
+        (tmp / "trainer.json").write_text(json.dumps(meta) + "\n")  # written last: marks the checkpoint complete
+        shutil.rmtree(final, ignore_errors=True)  # the same step again, after a rollback
+        tmp.rename(final)
+        for _, old in self.checkpoints()[: -self.config.keep_checkpoints]:
+            shutil.rmtree(old, ignore_errors=True)
+        return final
+
+    def load_checkpoint(self, path: str | Path, restore_data: bool = True) -> None:
+        """Restore weights, optimizer, schedule step, detector, RNG states (and data position) from `path`."""
+        path = Path(path)
+        meta = json.loads((path / "trainer.json").read_text())
+        if meta.get("format") != CHECKPOINT_FORMAT or meta.get("version") != CHECKPOINT_VERSION:
+            raise ValueError(f"{path} is not an {CHECKPOINT_FORMAT} checkpoint of version {CHECKPOINT_VERSION}")
+        weights = load_file(path / "model.safetensors", device=str(self.device))
+        missing, unexpected = self.model.load_state_dict(weights, strict=False)
+        tied = {"token_embedding.weight", "lm_head.weight"} if self.model.config.tie_embeddings else set()
+        if unexpected or not set(missing) <= tied or len(missing) > 1:
+            raise RuntimeError(f"{path} does not match the model: missing {missing}, unexpected {unexpected}")
+        state: dict[int, dict] = {}
+        for key, tensor in load_file(path / "optimizer.safetensors").items():
+            _, i, name = key.split(".", 2)
+            state.setdefault(int(i), {})[name] = tensor
+        self.optimizer.load_state_dict({"state": state, "param_groups": meta["optimizer"]["param_groups"]})
+        self.step, self.iteration = meta["step"], max(self.iteration, meta["iteration"])
+        self.detector.load_state_dict(meta["detector"])
+        rng = load_file(path / "trainer_state.safetensors")
+        torch.set_rng_state(rng["torch"])
+        if torch.cuda.is_available() and "cuda.0" in rng:
+            torch.cuda.set_rng_state_all([rng[f"cuda.{i}"] for i in range(torch.cuda.device_count()) if f"cuda.{i}" in rng])
+        version, state_list, gauss = meta["rng"]["python"]
+        random.setstate((version, tuple(state_list), gauss))
+        name, keys, pos, has_gauss, cached = meta["rng"]["numpy"]
+        np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+        if restore_data:  # a resume, not a rollback: the run continues exactly where it stopped
+            self.data.load_state_dict(meta["data"])
+            self.history, self.val_history, self.events = meta["history"], meta["val_history"], meta["events"]
+            self.rollbacks, self.iteration = meta["rollbacks"], meta["iteration"]
+
+    @classmethod
+    def resume(
+        cls,
+        path: str | Path,
+        train_tokens: torch.Tensor,
+        val_tokens: torch.Tensor | None = None,
+        device: torch.device | str = "cpu",
+        **kwargs,
+    ) -> Trainer:
+        """A trainer restored from a checkpoint folder, or from the newest checkpoint in a run's out_dir.
+
+        The model and the TrainConfig are read from the checkpoint; `kwargs` go to `Trainer`.
+        """
+        path = Path(path)
+        if not (path / "trainer.json").exists():
+            found = sorted(
+                (int(p.name.split("_")[1]), p) for p in path.glob("step_*") if (p / "trainer.json").exists()
+            )
+            if not found:
+                raise FileNotFoundError(f"no checkpoint in {str(path)!r}")
+            path = found[-1][1]
+        meta = json.loads((path / "trainer.json").read_text())
+        model = load_model(path, device)
+        trainer = cls(model, TrainConfig(**meta["train_config"]), train_tokens, val_tokens,
+                      out_dir=kwargs.pop("out_dir", path.parent), **kwargs)  # fmt: skip
+        trainer.load_checkpoint(path)
+        return trainer
+
+
+# ---------------------------------------------------------------------------------------
+# Watching a model
+# ---------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def sample_text(
+    model: nn.Module,
+    tokenizer,
+    prompt: str,
+    max_new_tokens: int = 60,
+    temperature: float = 0.8,
+    generator: torch.Generator | None = None,
+) -> str:
+    """Continue `prompt` by sampling from softmax(logits / temperature); returns the new text only.
+
+    Draws from `generator` (a CPU generator; torch's global one if None). No KV cache: each
+    token reruns the model on the last context_length tokens (chapter 09 makes this fast).
+    """
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    ids = tokenizer.encode_ordinary(prompt)
+    if not ids:
+        raise ValueError("the prompt must hold at least one token")
+    new: list[int] = []
+    for _ in range(max_new_tokens):
+        context = torch.tensor([(ids + new)[-model.config.context_length :]], device=device)  # (1, T)
+        logits = model(context)[0, -1].float().cpu()  # (V,)
+        probs = torch.softmax(logits / temperature, dim=-1)
+        new.append(int(torch.multinomial(probs, 1, generator=generator)))
+    model.train(was_training)
+    return tokenizer.decode(new)
+
+
+# ---------------------------------------------------------------------------------------
+# Command line: python -m llm_course train
+# ---------------------------------------------------------------------------------------
+
+
+def _run(args: argparse.Namespace) -> int:
+    from llm_course import transformer
+    from llm_course.data import load_corpus
+    from llm_course.tokenizer import Tokenizer
+    from llm_course.utils import get_device, set_seed
+
+    if args.pretrained:
+        from llm_course.pretrained import load_pretrained, pretrained_dir
+
+        load_pretrained(args.pretrained, progress=not args.no_progress)
+        print(f"the pretrained model {args.pretrained!r} is in {pretrained_dir(args.pretrained)}")
+        return 0
+    set_seed(args.seed)
+    device = get_device(args.device)
+    out = Path(args.out)
+    text = load_corpus(args.corpus)
+    progress = not args.no_progress
+    if args.resume:
+        tokenizer = Tokenizer.load(out / "tokenizer.json")
+        train_tokens, val_tokens = encode_split(text, tokenizer, args.val_fraction)
+        trainer = Trainer.resume(out, train_tokens, val_tokens, device=device, progress=progress)
+        print(f"resumed {out} at step {trainer.step} of {trainer.config.max_steps} on {device}")
+    else:
+        if any(out.glob("step_*/trainer.json")):
+            raise ValueError(f"{out} already holds checkpoints: pass --resume to continue that run, or choose another --out")
+        if args.tokenizer:
+            tokenizer = Tokenizer.load(args.tokenizer)
+        else:
+            train_text = text[: int(len(text) * (1 - args.val_fraction))]
+            tokenizer = Tokenizer.train(train_text, args.vocab_size - 1, special_tokens=["<|endoftext|>"])
+        train_tokens, val_tokens = encode_split(text, tokenizer, args.val_fraction)
+        presets = {"tiny": transformer.tiny, "llama_tiny": transformer.llama_tiny, "gpt2_small": transformer.gpt2_small}
+        model_config = presets[args.preset](tokenizer.n_vocab)
+        model_config.use_fused_attention = args.fused_attention
+        seq_len = args.seq_len or model_config.context_length
+        config = TrainConfig(
+            batch_size=args.batch_size, seq_len=seq_len, grad_accum=args.grad_accum, max_steps=args.steps,
+            lr=args.lr, warmup_steps=args.warmup if args.warmup is not None else max(1, args.steps // 10),
+            weight_decay=args.weight_decay, grad_clip=args.grad_clip, eval_interval=args.eval_interval,
+            checkpoint_interval=args.checkpoint_interval, precision=args.precision, compile=args.compile,
+            fused_adamw=args.fused_adamw, seed=args.seed,
+        )  # fmt: skip
+        from llm_course.transformer import Transformer
+
+        model = Transformer(model_config, generator=torch.Generator().manual_seed(args.seed)).to(device)
+        out.mkdir(parents=True, exist_ok=True)
+        tokenizer.save(out / "tokenizer.json")
+        trainer = Trainer(model, config, train_tokens, val_tokens, out_dir=out, progress=progress)
+        n = sum(p.numel() for p in model.parameters())
+        print(
+            f"training {args.preset} ({n:,} parameters) on {len(train_tokens):,} tokens "
+            f"({len(val_tokens):,} held out) for {config.max_steps} steps of {config.tokens_per_step:,} tokens on {device}"
+        )
+    start = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - start
+    speeds = trainer.history["tokens_per_s"]
+    speed = statistics.median(speeds[len(speeds) // 2 :]) if speeds else 0.0  # the second half: warmed up
+    mfu = trainer.mfu(speed)
+    print(f"done in {seconds:.1f} s, {speed:,.0f} tokens/s" + (f", MFU {mfu:.1%}" if mfu is not None else ""))
+    if trainer.val_history["loss"]:
+        print(f"validation loss {trainer.val_history['loss'][-1]:.4f}; checkpoint in {trainer.checkpoints()[-1][1]}")
+    if args.sample is not None:
+        text = sample_text(trainer.model, tokenizer, args.sample, 80, generator=torch.Generator().manual_seed(args.seed))
+        print(f"sample: {args.sample}{text}")
+    return 0
+
+
+def add_command(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "train",
+        help="pretrain a model preset on a corpus, with checkpoints and resume",
+        description="Pretrain a GPT-style model on the default corpus (the CPython docs) or any text, "
+        "writing checkpoints to --out; --resume continues a stopped run exactly.",
+    )
+    parser.add_argument("--preset", default="tiny", choices=["tiny", "llama_tiny", "gpt2_small"], help="model (default: tiny)")
+    parser.add_argument("--corpus", type=Path, default=None, help="text file or folder (default: the CPython docs)")
+    parser.add_argument("--tokenizer", type=Path, help="a tokenizer JSON to use instead of training one")
+    parser.add_argument("--vocab-size", type=int, default=4096, help="vocabulary of a new tokenizer (default: 4096)")
+    parser.add_argument("--val-fraction", type=float, default=0.1, help="held-out tail of the corpus (default: 0.1)")
+    parser.add_argument("--out", default="runs/train", help="checkpoint folder (default: runs/train)")
+    parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    parser.add_argument("--steps", type=int, default=300, help="optimizer steps (default: 300)")
+    parser.add_argument("--batch-size", type=int, default=16, help="sequences per micro-batch (default: 16)")
+    parser.add_argument("--grad-accum", type=int, default=1, help="micro-batches per step (default: 1)")
+    parser.add_argument("--seq-len", type=int, default=None, help="tokens per sequence (default: the context length)")
+    parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default: 1e-3)")
+    parser.add_argument("--warmup", type=int, default=None, help="warmup steps (default: 10%% of --steps)")
+    parser.add_argument("--weight-decay", type=float, default=0.1, help="decoupled weight decay (default: 0.1)")
+    parser.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm, 0 for none (default: 1.0)")
+    parser.add_argument("--eval-interval", type=int, default=100, help="steps between validations (default: 100)")
+    parser.add_argument("--checkpoint-interval", type=int, default=100, help="steps between checkpoints (default: 100)")
+    parser.add_argument("--device", default=None, help="cpu, cuda or mps (default: the best available)")
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"], help="auto: bf16 on CUDA")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model and loss")
+    parser.add_argument("--fused-attention", action="store_true", help="PyTorch's fused attention kernel")
+    parser.add_argument("--fused-adamw", action="store_true", help="PyTorch's fused AdamW instead of the course's")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    parser.add_argument("--sample", default=None, help="print a continuation of this prompt at the end")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--pretrained", metavar="NAME", help="train (or find in the cache) the course's model NAME, e.g. tiny")
+    parser.set_defaults(func=_run)

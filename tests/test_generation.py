@@ -1,0 +1,252 @@
+"""Tests for llm_course.generation: greedy and sampled generation equal Hugging Face's generate()
+with the same weights (GPT-2 and Llama), end of sequence, the context window, perplexity against
+Hugging Face's loss and a token-by-token oracle, and the command line in a subprocess."""
+
+import dataclasses
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from llm_course.checkpoints import from_hf_state_dict, save_model, to_hf_config
+from llm_course.generation import generate, load_checkpoint, next_token_logits, perplexity, token_nlls
+from llm_course.tokenizer import Tokenizer
+from llm_course.transformer import Transformer, llama_tiny, tiny
+
+transformers = pytest.importorskip("transformers")
+V = 101
+
+
+def small(make, **changes):
+    return dataclasses.replace(make(V), n_layers=2, context_length=48, **changes)
+
+
+def hf_and_ours(make, **changes):
+    """A Hugging Face model with random weights (std 0.2: peaked distributions) and ours with the same."""
+    config = small(make, **changes)
+    torch.manual_seed(0)
+    cls = transformers.GPT2LMHeadModel if config.norm == "layernorm" else transformers.LlamaForCausalLM
+    hf = cls(to_hf_config(config, attn_implementation="eager", initializer_range=0.2)).eval()
+    return hf, from_hf_state_dict(hf.state_dict(), hf.config)
+
+
+def prompt(batch=3, length=5, seed=1):
+    return torch.randint(0, V, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+def hf_generate(hf, idx, **kwargs):
+    kwargs.setdefault("eos_token_id", None)
+    kwargs.setdefault("pad_token_id", 0)
+    with torch.no_grad():
+        return hf.generate(idx, attention_mask=torch.ones_like(idx), **kwargs)
+
+
+MODELS = pytest.mark.parametrize("make", [tiny, llama_tiny], ids=["gpt2", "llama"])
+
+
+# ----------------------------------------------------------------------------- oracle: Hugging Face
+@MODELS
+def test_greedy_equals_hugging_face(make):
+    hf, ours = hf_and_ours(make)
+    idx = prompt()
+    expected = hf_generate(hf, idx, do_sample=False, max_new_tokens=30)
+    assert torch.equal(generate(ours, idx, 30, temperature=0), expected)
+
+
+@MODELS
+@pytest.mark.parametrize("settings", [(0.7, 20, 0.9), (1.3, None, 0.8), (1.0, 5, None), (1.0, None, None)], ids=str)
+def test_sampling_equals_hugging_face_with_the_same_seed(make, settings):
+    """Hugging Face draws with torch.multinomial from the global generator, we from an explicit one:
+    seeded alike, the same filters give the same tokens."""
+    temperature, k, p = settings
+    hf, ours = hf_and_ours(make)
+    idx = prompt()
+    torch.manual_seed(5)
+    expected = hf_generate(hf, idx, do_sample=True, max_new_tokens=30, temperature=temperature, top_k=k or 0, top_p=p)
+    got = generate(ours, idx, 30, temperature, k, p, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(got, expected)
+
+
+@MODELS
+def test_end_of_sequence_equals_hugging_face(make):
+    hf, ours = hf_and_ours(make)
+    idx = prompt(batch=4)
+    # Pick as end-of-sequence a token that greedy decoding produces early in some rows.
+    free = generate(ours, idx, 20, temperature=0)[:, idx.shape[1] :]
+    eos = free[0, 3].item()
+    expected = hf_generate(hf, idx, do_sample=False, max_new_tokens=20, eos_token_id=eos, pad_token_id=eos)
+    got = generate(ours, idx, 20, temperature=0, eos_id=eos)
+    assert torch.equal(got, expected)
+    first = (got[0, idx.shape[1] :] == eos).nonzero()[0].item()
+    assert (got[0, idx.shape[1] + first :] == eos).all()  # a finished row is padded with eos
+
+
+def test_stops_early_when_every_row_is_finished():
+    _, ours = hf_and_ours(tiny)
+    idx = prompt(batch=1)
+    free = generate(ours, idx, 10, temperature=0)
+    eos = free[0, -8].item()  # the 3rd new token (or an earlier one equal to it)
+    stopped = generate(ours, idx, 10, temperature=0, eos_id=eos)
+    assert stopped.shape[1] < free.shape[1] and stopped[0, -1] == eos
+    assert torch.equal(stopped, free[:, : stopped.shape[1]])
+
+
+# ----------------------------------------------------------------------------- the loop itself
+def test_seeded_generation_is_reproducible():
+    _, ours = hf_and_ours(llama_tiny)
+    idx = prompt()
+    run = lambda seed: generate(ours, idx, 20, 1.0, 10, 0.95, torch.Generator().manual_seed(seed))  # noqa: E731
+    assert torch.equal(run(3), run(3))
+    assert not torch.equal(run(3), run(4))
+    assert torch.equal(run(3)[:, : idx.shape[1]], idx)  # the prompt is kept
+
+
+def test_prompt_longer_than_the_context_is_cropped():
+    _, ours = hf_and_ours(tiny)
+    L = ours.config.context_length
+    idx = prompt(batch=2, length=L + 7)
+    out = generate(ours, idx, 5, temperature=0)
+    assert out.shape == (2, L + 12) and torch.equal(out[:, : L + 7], idx)
+    # Each step sees only the last L tokens.
+    for step in range(5):
+        logits = ours(out[:, step + 7 : L + 7 + step])[:, -1]  # the L tokens before new token `step`
+        assert torch.equal(logits.argmax(-1), out[:, L + 7 + step])
+    assert torch.equal(next_token_logits(ours, idx), ours(idx[:, -L:])[:, -1])
+
+
+def test_eval_mode_during_generation_and_restored_after():
+    _, ours = hf_and_ours(tiny)
+    model = Transformer(dataclasses.replace(ours.config, dropout=0.5))
+    model.load_state_dict(ours.state_dict())
+    model.train()
+    idx = prompt(batch=1)
+    assert torch.equal(generate(model, idx, 10, temperature=0), generate(ours, idx, 10, temperature=0))
+    assert model.training
+    assert not any(p.grad is not None for p in model.parameters())
+
+
+def test_zero_new_tokens_and_errors():
+    _, ours = hf_and_ours(tiny)
+    idx = prompt()
+    assert torch.equal(generate(ours, idx, 0), idx)
+    with pytest.raises(ValueError, match="top_p"):
+        generate(ours, idx, 5, top_p=0.0)
+    with pytest.raises(ValueError, match="temperature"):
+        generate(ours, idx, 5, temperature=-1.0)
+    with pytest.raises(ValueError, match="top_k"):
+        generate(ours, idx, 5, top_k=0)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        generate(ours, idx, -1)
+    with pytest.raises(ValueError, match=r"\(B, T\)"):
+        generate(ours, idx[0], 5)
+    with pytest.raises(ValueError, match="token ids must be in"):
+        generate(ours, idx + V, 5)
+
+
+# ----------------------------------------------------------------------------- perplexity
+def test_uniform_model_has_perplexity_V():
+    model = Transformer(small(tiny))
+    torch.nn.init.zeros_(model.lm_head.weight)  # tied: the embedding is zero too; every logit is 0
+    ids = torch.randint(0, V, (100,), generator=torch.Generator().manual_seed(0))
+    assert perplexity(model, ids, 16, 8) == pytest.approx(V, rel=1e-5)
+
+
+@MODELS
+def test_perplexity_of_one_window_equals_hugging_face_loss(make):
+    hf, ours = hf_and_ours(make)
+    ids = prompt(batch=1, length=ours.config.context_length)[0]  # 47 predictions: one window
+    with torch.no_grad():
+        loss = hf(ids[None], labels=ids[None]).loss
+    assert perplexity(ours, ids) == pytest.approx(math.exp(loss.item()), rel=1e-5)
+
+
+@MODELS
+def test_stride_one_gives_each_token_its_full_context(make):
+    """Token-by-token oracle with Hugging Face: token t is predicted from the L tokens before it."""
+    hf, ours = hf_and_ours(make)
+    L, N = 8, 30
+    ids = prompt(batch=1, length=N, seed=2)[0]
+    expected = []
+    with torch.no_grad():
+        for t in range(1, N):
+            logits = hf(ids[None, max(0, t - L) : t]).logits[0, -1]
+            expected.append(-torch.log_softmax(logits, -1)[ids[t]])
+    torch.testing.assert_close(token_nlls(ours, ids, L, stride=1), torch.stack(expected), atol=1e-5, rtol=1e-5)
+
+
+def test_every_token_is_scored_once_with_enough_context():
+    _, ours = hf_and_ours(llama_tiny)
+    ids = prompt(batch=1, length=103, seed=3)[0]
+    L = 16
+    full = token_nlls(ours, ids, L, stride=1)
+    for stride in [1, 3, 8, 16]:
+        nlls = token_nlls(ours, ids, L, stride)
+        assert nlls.shape == (102,)
+        # The first window's L predictions are the same whatever the stride; a target is never skipped.
+        torch.testing.assert_close(nlls[:L], full[:L])
+    # Non-overlapping windows: each window restarts without context, so window starts differ.
+    assert not torch.allclose(token_nlls(ours, ids, L, stride=L), full)
+    # Strides that divide evenly agree with the token-by-token oracle where the context matches.
+    nll_8 = token_nlls(ours, ids, L, stride=8)
+    window_2 = ours(ids[None, 8:24])[0].log_softmax(-1)  # second window: positions 8..23, scores 16..23
+    torch.testing.assert_close(nll_8[16:24], -window_2[8:].gather(-1, ids[17:25, None]).squeeze(-1).detach())
+
+
+def test_perplexity_errors():
+    _, ours = hf_and_ours(tiny)
+    ids = prompt(batch=1, length=20)[0]
+    with pytest.raises(ValueError, match="stride"):
+        perplexity(ours, ids, 8, 9)
+    with pytest.raises(ValueError, match="context_length"):
+        perplexity(ours, ids, 100)
+    with pytest.raises(ValueError, match="at least 2 tokens"):
+        perplexity(ours, ids[:1])
+    with pytest.raises(ValueError, match="1-D"):
+        perplexity(ours, ids[None])
+    assert perplexity(ours, ids.tolist(), 8, 4) == perplexity(ours, ids, 8, 4)
+
+
+# ----------------------------------------------------------------------------- command line
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("checkpoint")
+    tok = Tokenizer.train("the cat sat on the mat. the dog sat on the log. " * 20, 280, ["<|endoftext|>"])
+    model = Transformer(dataclasses.replace(tiny(tok.n_vocab), n_layers=1, d_model=32, n_heads=2, n_kv_heads=2, context_length=32))
+    save_model(model, folder)
+    tok.save(folder / "tokenizer.json")
+    return folder
+
+
+def run(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "llm_course", "generate", *map(str, args)], capture_output=True, text=True, timeout=120
+    )
+
+
+def test_cli_generates_reproducibly(checkpoint):
+    args = ["--checkpoint", checkpoint, "--prompt", "the cat", "--max-new-tokens", 12, "--device", "cpu"]
+    first = run(*args, "--temperature", 0.8, "--top-k", 50, "--top-p", 0.9, "--seed", 1)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.startswith("the cat")
+    again = run(*args, "--temperature", 0.8, "--top-k", 50, "--top-p", 0.9, "--seed", 1)
+    assert again.stdout == first.stdout
+    # The same as the library with the same model, tokenizer and seed.
+    model, tok = load_checkpoint(checkpoint)
+    idx = torch.tensor([tok.encode("the cat")])
+    out = generate(model, idx, 12, 0.8, 50, 0.9, torch.Generator().manual_seed(1))
+    assert first.stdout.rstrip("\n") == tok.decode(out[0].tolist())
+
+
+def test_cli_errors_are_one_clear_line(checkpoint, tmp_path):
+    bad = run("--checkpoint", checkpoint, "--prompt", "x", "--top-p", 1.5)
+    assert bad.returncode == 2 and "top_p must be in (0, 1]" in bad.stderr and "Traceback" not in bad.stderr
+    (tmp_path / "model.safetensors").write_bytes((checkpoint / "model.safetensors").read_bytes())
+    (tmp_path / "llm_course_config.json").write_text((checkpoint / "llm_course_config.json").read_text())
+    no_tok = run("--checkpoint", tmp_path, "--prompt", "x")
+    assert no_tok.returncode == 2 and "has no tokenizer" in no_tok.stderr and "Traceback" not in no_tok.stderr
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    no_model = run("--checkpoint", empty, "--prompt", "x")
+    assert no_model.returncode == 2 and "has no llm_course_config.json" in no_model.stderr
