@@ -397,21 +397,23 @@ def run_sweep(
     vocab_size: int,
     context_length: int = 64,
     batch_size: int = 8,
-    lr: float = 3e-3,
+    lr_times_width: float = 0.15,
     seed: int = 0,
     cache_dir: str | Path | None = None,
     verbose: bool = True,
 ) -> list[dict]:
     """Train one model per (shape, token budget) and return a list of results (see `train_run`).
 
-    `shapes` are (d_model, n_layers) pairs. With `cache_dir`, the results are stored as JSON
+    `shapes` are (d_model, n_layers) pairs. The peak learning rate is lr_times_width / d_model:
+    wider models need smaller steps (as in muP, Yang et al., 2022), and one learning rate for
+    all sizes would favour some of them. With `cache_dir`, the results are stored as JSON
     under a name that hashes everything they depend on (the token ids, the settings, the
     device type, and the source of the training loop), and a second call with the same
     inputs reads them back instead of training.
     """
     settings = dict(
         shapes=[list(s) for s in shapes], token_budgets=list(token_budgets), vocab_size=vocab_size,
-        context_length=context_length, batch_size=batch_size, lr=lr, seed=seed, device=train_ids.device.type,
+        context_length=context_length, batch_size=batch_size, lr_times_width=lr_times_width, seed=seed, device=train_ids.device.type,
     )  # fmt: skip
     path = None
     if cache_dir is not None:
@@ -429,7 +431,7 @@ def run_sweep(
     for d_model, n_layers in shapes:
         config = sweep_config(d_model, n_layers, vocab_size, context_length)
         for n_tokens in token_budgets:
-            run = train_run(config, train_ids, val_ids, n_tokens, batch_size, lr, seed)
+            run = train_run(config, train_ids, val_ids, n_tokens, batch_size, lr_times_width / d_model, seed)
             runs.append(run)
             if verbose:
                 print(

@@ -207,17 +207,18 @@ class SpikeDetector:
         self.norms: deque[float] = deque(maxlen=window)
 
     def check(self, loss: float, norm: float) -> str | None:
+        reasons = []
         for name, value, history in (("loss", loss, self.losses), ("gradient norm", norm, self.norms)):
             if not math.isfinite(value):
-                return f"{name} is {value}"
-            if self.threshold > 0 and is_spike(value, history, self.threshold, self.min_history):
+                reasons.append(f"{name} is {value}")
+            elif self.threshold > 0 and is_spike(value, history, self.threshold, self.min_history):
                 mean, std = statistics.fmean(history), statistics.pstdev(history)
                 z = (value - mean) / std if std > 0 else math.inf
-                return (
+                reasons.append(
                     f"{name} {value:.4g} is {z:.1f} standard deviations above the mean of the last "
                     f"{len(history)} steps ({mean:.4g} ± {std:.2g})"
                 )
-        return None
+        return "; ".join(reasons) or None
 
     def accept(self, loss: float, norm: float) -> None:
         self.losses.append(loss)
@@ -348,8 +349,13 @@ class Trainer:
     def say(self, line: str, event: bool = False) -> None:
         if event:
             self.events.append(line)
-        if self.log is not None:
-            (self._bar.write if self._bar is not None else self.log)(line)
+        if self.log is None:
+            return
+        if self._bar is not None and self.progress:
+            with self._bar.external_write_mode():  # print above the progress bar, not through it
+                self.log(line)
+        else:
+            self.log(line)
 
     # ------------------------------------------------------------------ one step
     def train_step(self) -> dict:
@@ -459,8 +465,8 @@ class Trainer:
     def train(self, until_step: int | None = None) -> dict[str, list]:
         """Train until `until_step` (default: config.max_steps) optimizer steps are done; returns history.
 
-        Validates every eval_interval steps and at the end, saves a checkpoint at the start,
-        every checkpoint_interval steps and at the end (with an out_dir).
+        Validates every eval_interval steps and after the last step of the run; with an out_dir,
+        saves a checkpoint at the start, every checkpoint_interval steps and where it stops.
         """
         c = self.config
         until = c.max_steps if until_step is None else min(until_step, c.max_steps)
@@ -482,8 +488,9 @@ class Trainer:
                     postfix["mfu"] = f"{record['tokens_per_s'] * self.flops_per_token / self.peak_flops:.1%}"
                 self._bar.set_postfix(postfix, refresh=False)
                 done = self.step == until
-                if self.val_data is not None and ((c.eval_interval and self.step % c.eval_interval == 0) or done):
-                    self._validate()
+                if self.val_data is not None:
+                    if (c.eval_interval and self.step % c.eval_interval == 0) or self.step == c.max_steps:
+                        self._validate()
                 # A checkpoint is taken only after a good step, so that a rollback lands before the trouble.
                 due = c.checkpoint_interval and self.step % c.checkpoint_interval == 0 and self.bad_streak == 0
                 if self.out_dir is not None and (due or done):

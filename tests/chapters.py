@@ -15,6 +15,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 REGISTERED = {
+    "01_neural_networks": "tests.mutants.neural_networks",
     "02_tokenization": "tests.mutants.tokenization",
     "03_embeddings": "tests.mutants.embeddings",
     "04_attention": "tests.mutants.attention",
@@ -22,6 +23,7 @@ REGISTERED = {
     "06_pretraining": "tests.mutants.pretraining",
     "07_scaling_laws": "tests.mutants.scaling_laws",
     "08_generation": "tests.mutants.generation",
+    "10_mixture_of_experts": "tests.mutants.mixture_of_experts",
 }
 
 # Chapters being written have no notebook or planted bugs yet; they join when both exist.

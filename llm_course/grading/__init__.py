@@ -169,10 +169,11 @@ def forbid_reference(fn: Callable, *references: Callable) -> None:
         target = inspect.unwrap(obj) if callable(obj) else obj
         if id(obj) in forbidden or id(target) in forbidden:
             ref = forbidden.get(id(obj)) or forbidden[id(target)]
-            fail(
-                f"{_name(fn)} uses the course's reference implementation "
-                f"{ref.__module__}.{ref.__qualname__}; write it yourself (this earns no points)."
-            )
+            module = getattr(ref, "__module__", None) or ""
+            where = f"{module}.{ref.__qualname__}" if module else ref.__qualname__
+            if module.startswith("llm_course"):
+                fail(f"{_name(fn)} uses the course's reference implementation {where}; write it yourself (this earns no points).")
+            fail(f"{_name(fn)} calls {where}, which does the whole exercise; write it yourself (this earns no points).")
 
 
 def passed(fn: Callable, what: str) -> None:

@@ -1,0 +1,355 @@
+"""The training loop: data order, exact resume, checkpoints, spikes, NaN, rollback, FLOPs, the CLI."""
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from llm_course.checkpoints import load_model
+from llm_course.trainer import (
+    SpikeDetector,
+    TokenBatches,
+    Trainer,
+    TrainConfig,
+    eval_batches,
+    flops_per_token,
+    is_spike,
+    peak_flops,
+    sample_text,
+)
+from llm_course.transformer import Transformer, TransformerConfig, gpt2_small, tiny
+
+V = 48
+
+
+def model_config(**kw) -> TransformerConfig:
+    return TransformerConfig(vocab_size=V, context_length=16, d_model=32, n_layers=2, n_heads=2, **kw)
+
+
+def tokens(n: int, seed: int = 0) -> torch.Tensor:
+    """A learnable stream: a cycle through the vocabulary with 10% of the tokens random."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.arange(n) * 7 % V
+    noise = torch.rand(n, generator=g) < 0.1
+    return torch.where(noise, torch.randint(0, V, (n,), generator=g), ids)
+
+
+def make_trainer(out_dir=None, model_kw=None, log=None, **kw) -> Trainer:
+    settings = dict(batch_size=4, seq_len=16, max_steps=12, lr=3e-3, warmup_steps=3, eval_interval=4,
+                    eval_batches=2, spike_min_history=4, spike_window=20)  # fmt: skip
+    settings.update(kw)
+    model = Transformer(model_config(**(model_kw or {})), generator=torch.Generator().manual_seed(0))
+    return Trainer(model, TrainConfig(**settings), tokens(3000), tokens(400, seed=1), out_dir=out_dir, log=log)
+
+
+def params(model) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in model.parameters()]
+
+
+# --------------------------------------------------------------------------- data
+def test_batches_are_shifted_windows_in_a_resumable_order():
+    stream = torch.arange(1000)
+    data = TokenBatches(stream, batch_size=3, seq_len=10, seed=5)
+    x, y = data.next_batch()
+    assert x.shape == y.shape == (3, 10) and x.dtype == torch.long
+    assert torch.equal(y, x + 1)  # y is x shifted by one token
+    for _ in range(40):  # through several epochs
+        data.next_batch()
+    state = data.state_dict()
+    want = [data.next_batch() for _ in range(50)]
+    again = TokenBatches(stream, batch_size=3, seq_len=10, seed=5)
+    again.load_state_dict(json.loads(json.dumps(state)))
+    got = [again.next_batch() for _ in range(50)]
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(want, got))
+    assert data.epoch >= 2
+
+
+def test_one_epoch_visits_each_window_once():
+    data = TokenBatches(torch.arange(1001), batch_size=1, seq_len=10, seed=0)
+    starts = [int(data.next_batch()[0][0, 0]) for _ in range(len(data._epoch_starts(0)))]
+    assert len(set(starts)) == len(starts) and len({s % 10 for s in starts}) == 1  # one offset per epoch
+
+
+def test_eval_batches_are_fixed_and_cover_the_start():
+    batches = eval_batches(torch.arange(100), batch_size=4, seq_len=10, n_batches=2)
+    assert [b[0].shape for b in batches] == [(4, 10), (4, 10)]
+    assert batches[0][0][1, 0] == 10 and torch.equal(batches[0][1], batches[0][0] + 1)
+    with pytest.raises(ValueError, match="at least"):
+        eval_batches(torch.arange(5), 4, 10, 1)
+    with pytest.raises(ValueError, match="too few"):
+        TokenBatches(torch.arange(15), 2, 10)
+
+
+# --------------------------------------------------------------------------- the loop
+def test_training_lowers_the_loss_and_logs_validation():
+    lines = []
+    trainer = make_trainer(max_steps=30, log=lines.append)
+    history = trainer.train()
+    assert len(history["loss"]) == 30 and history["action"] == ["update"] * 30
+    assert history["loss"][0] == pytest.approx(math.log(V), abs=0.3)  # uniform predictions at init
+    assert sum(history["loss"][-5:]) / 5 < history["loss"][0] - 0.5
+    assert history["lr"][0] == 0.0 and max(history["lr"]) == pytest.approx(3e-3)
+    assert trainer.val_history["step"] == [4, 8, 12, 16, 20, 24, 28, 30]
+    assert any("validation loss" in line for line in lines)
+
+
+def test_gradient_accumulation_equals_a_bigger_batch():
+    a = make_trainer(batch_size=4, grad_accum=1, max_steps=3)
+    b = make_trainer(batch_size=2, grad_accum=2, max_steps=3)
+    a.train(), b.train()
+    assert a.history["loss"] == pytest.approx(b.history["loss"], rel=1e-5)
+    for p, q in zip(a.model.parameters(), b.model.parameters()):
+        torch.testing.assert_close(p, q, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("fused_adamw", [False, True])
+def test_exact_resume(tmp_path, fused_adamw):
+    """A run stopped at step 5 and resumed gives the same losses, bit for bit, as one that never stopped."""
+    kw = dict(model_kw={"dropout": 0.1}, fused_adamw=fused_adamw, checkpoint_interval=5)
+    straight = make_trainer(tmp_path / "a", **kw)
+    straight.train()
+    first = make_trainer(tmp_path / "b", **kw)
+    first.train(until_step=5)
+    del first
+    torch.manual_seed(123)  # anything the process does in between must not matter
+    resumed = Trainer.resume(tmp_path / "b", tokens(3000), tokens(400, seed=1), log=None)
+    assert resumed.step == 5
+    resumed.train()
+    assert resumed.history["loss"] == straight.history["loss"]  # exact equality
+    assert resumed.val_history["loss"] == straight.val_history["loss"]
+    for p, q in zip(resumed.model.parameters(), straight.model.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_checkpoint_round_trip_and_pruning(tmp_path):
+    trainer = make_trainer(tmp_path, checkpoint_interval=2, keep_checkpoints=2, max_steps=7)
+    trainer.train()
+    assert [s for s, _ in trainer.checkpoints()] == [6, 7]  # step 0, 2, 4 pruned
+    last = trainer.checkpoints()[-1][1]
+    assert {p.name for p in last.iterdir()} == {
+        "model.safetensors", "llm_course_config.json", "optimizer.safetensors", "trainer_state.safetensors", "trainer.json",
+    }  # fmt: skip
+    model = load_model(last)  # a checkpoint is also a plain model folder
+    for p, q in zip(model.parameters(), trainer.model.parameters()):
+        assert torch.equal(p, q)
+    meta = json.loads((last / "trainer.json").read_text())
+    assert meta["step"] == 7 and meta["train_config"]["max_steps"] == 7 and meta["data"]["seed"] == 0
+    other = make_trainer(tmp_path / "other", max_steps=7)
+    other.load_checkpoint(last)
+    for p, q in zip(other.model.parameters(), trainer.model.parameters()):
+        a, b = other.optimizer.state[p], trainer.optimizer.state[q]
+        assert torch.equal(a["exp_avg"], b["exp_avg"]) and torch.equal(a["exp_avg_sq"], b["exp_avg_sq"])
+    assert other.step == 7 and other.history == trainer.history
+
+
+def test_bf16_autocast_on_cpu_runs():
+    trainer = make_trainer(precision="bf16", max_steps=2)
+    assert trainer.use_bf16
+    trainer.train()
+    assert all(math.isfinite(x) for x in trainer.history["loss"])
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())  # fp32 master weights
+
+
+# --------------------------------------------------------------------------- spikes
+def test_is_spike_worked_examples():
+    history = [2.0, 2.2, 1.8, 2.0, 2.2, 1.8, 2.0, 2.0]  # mean 2, std 0.1414
+    assert not is_spike(2.5, history, threshold=4.0, min_history=5)  # 3.5 std above
+    assert is_spike(2.6, history, threshold=4.0, min_history=5)  # 4.2 std above
+    assert not is_spike(0.1, history, threshold=4.0, min_history=5)  # far below is not a spike
+    assert not is_spike(100.0, history[:3], threshold=4.0, min_history=5)  # not enough history yet
+    assert is_spike(float("nan"), [], min_history=5) and is_spike(float("inf"), history)
+
+
+def test_spike_detector_explains_and_ignores_bad_values():
+    detector = SpikeDetector(threshold=4.0, window=10, min_history=5)
+    for i in range(10):
+        assert detector.check(3.0 + 0.01 * (i % 3), 1.0 + 0.1 * (i % 2)) is None
+        detector.accept(3.0 + 0.01 * (i % 3), 1.0 + 0.1 * (i % 2))
+    reason = detector.check(5.0, 1.0)
+    assert reason.startswith("loss 5 is") and "standard deviations above the mean of the last 10 steps" in reason
+    assert detector.check(3.0, 9.0).startswith("gradient norm 9 is")
+    assert detector.check(float("nan"), 1.0) == "loss is nan"
+    assert detector.check(3.0, float("inf")) == "gradient norm is inf"
+    assert detector.check(float("nan"), float("nan")) == "loss is nan; gradient norm is nan"
+    assert len(detector.losses) == 10  # nothing bad was added
+
+
+class PlantedBatch(Trainer):
+    """Replaces the training batch of step `bad_step` with one random token repeated: a planted spike."""
+
+    bad_step = 15
+
+    def get_batch(self):
+        x, y = super().get_batch()
+        if self.step == self.bad_step:
+            x = torch.full_like(x, 5)
+            y = torch.full_like(y, 41)  # "after 5 comes 41", never seen in the data
+        return x, y
+
+
+def test_planted_spike_is_skipped_and_logged():
+    lines = []
+    model = Transformer(model_config(), generator=torch.Generator().manual_seed(0))
+    config = TrainConfig(batch_size=4, seq_len=16, max_steps=25, lr=3e-3, warmup_steps=3, eval_interval=0,
+                         spike_min_history=8, spike_window=20)  # fmt: skip
+    trainer = PlantedBatch(model, config, tokens(3000), None, log=lines.append)
+    trainer.train(until_step=15)
+    before = params(model)
+    record = trainer.train_step()
+    assert record["action"] == "skip" and record["step"] == 15
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # the update was not applied
+    assert lines[-1].startswith("step 15: skipped the update: ") and "standard deviations above" in lines[-1]
+    trainer.train()
+    assert trainer.history["action"].count("skip") == 1 and trainer.events == lines
+
+
+class NaNAt(Trainer):
+    """The loss of step `nan_step` is NaN (as from an overflow in a bad batch)."""
+
+    nan_step = 6
+
+    def compute_loss(self, x, y):
+        loss = super().compute_loss(x, y)
+        return loss * float("nan") if self.step == self.nan_step and self.model.training else loss
+
+
+class InfGradAt(Trainer):
+    """One gradient entry of step `bad_step` becomes infinite."""
+
+    bad_step = 6
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.model.blocks[0].ffn.w1.weight.register_hook(self.poison)
+
+    def poison(self, grad):
+        if self.step != self.bad_step:
+            return grad
+        return grad.index_put((torch.tensor([0]), torch.tensor([0])), torch.tensor(float("inf")))
+
+
+@pytest.mark.parametrize("cls", [NaNAt, InfGradAt])
+def test_nan_or_inf_never_reaches_the_weights(cls):
+    lines = []
+    model = Transformer(model_config(), generator=torch.Generator().manual_seed(0))
+    config = TrainConfig(batch_size=4, seq_len=16, max_steps=10, lr=3e-3, warmup_steps=2, eval_interval=0, spike_threshold=0)
+    trainer = cls(model, config, tokens(3000), log=lines.append)
+    trainer.train(until_step=6)
+    before = params(model)
+    state_before = {k: v.clone() for k, v in trainer.optimizer.state[model.lm_head.weight].items()}
+    record = trainer.train_step()
+    assert record["action"] == "skip"
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    for k, v in trainer.optimizer.state[model.lm_head.weight].items():
+        assert torch.equal(v, state_before[k])  # the moments are untouched too
+    assert "is nan" in lines[-1] or "is inf" in lines[-1]
+    trainer.train()
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert trainer.history["action"].count("update") == 9
+
+
+class LearningRateBlowUp(Trainer):
+    """Step `bad_step` uses a learning rate 1000 times too large: the weights are damaged."""
+
+    bad_step = 14
+
+    def learning_rate(self, step):
+        return super().learning_rate(step) * (1000.0 if step == self.bad_step and not self.rollbacks else 1.0)
+
+
+@pytest.mark.parametrize("action", ["rollback", "skip"])
+def test_damaged_weights_are_rolled_back(tmp_path, action):
+    lines = []
+    model = Transformer(model_config(), generator=torch.Generator().manual_seed(0))
+    config = TrainConfig(batch_size=4, seq_len=16, max_steps=30, lr=3e-3, warmup_steps=3, eval_interval=0,
+                         checkpoint_interval=4, spike_min_history=8, spike_window=20, spike_threshold=4.0,
+                         spike_action=action, spike_patience=3)  # fmt: skip
+    trainer = LearningRateBlowUp(model, config, tokens(3000), out_dir=tmp_path, log=lines.append)
+    trainer.train()
+    rollbacks = [line for line in trainer.events if "rolled back" in line]
+    assert len(rollbacks) == 1, trainer.events
+    assert "checkpoint of step 12" in rollbacks[0]  # the newest one from before the damaging update of step 14
+    if action == "skip":
+        assert trainer.history["action"][15:17] == ["skip", "skip"]  # patience 3: two skips, then the rollback
+    assert trainer.step == 30 and trainer.rollbacks == 1
+    good = [loss for loss, a in zip(trainer.history["loss"], trainer.history["action"]) if a == "update"]
+    assert good[-1] < good[0] - 0.5  # training recovered
+
+
+def test_no_checkpoint_to_roll_back_to_raises():
+    model = Transformer(model_config(), generator=torch.Generator().manual_seed(0))
+    config = TrainConfig(batch_size=4, seq_len=16, max_steps=10, eval_interval=0, spike_threshold=0, spike_patience=2)
+
+    class AlwaysNaN(Trainer):
+        def compute_loss(self, x, y):
+            return super().compute_loss(x, y) * float("nan")
+
+    with pytest.raises(RuntimeError, match="no checkpoint"):
+        AlwaysNaN(model, config, tokens(3000), log=None).train()
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+# --------------------------------------------------------------------------- FLOPs
+def test_flops_per_token_matches_pytorch_flop_counter():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    config = TransformerConfig(vocab_size=300, context_length=32, d_model=64, n_layers=3, n_heads=4, bias=False)
+    model = Transformer(config)
+    idx = torch.randint(0, 300, (2, 32))
+    with FlopCounterMode(display=False) as counter:
+        torch.nn.functional.cross_entropy(model(idx).flatten(0, 1), idx.flatten()).backward()
+    measured = counter.get_total_flops()
+    norms = sum(p.numel() for n, p in model.named_parameters() if "norm" in n)
+    expected = flops_per_token(config) * 2 * 32 - 6 * norms * 2 * 32  # the counter sees matmuls only
+    assert measured == expected
+
+
+def test_flops_per_token_gpt2_small():
+    c = gpt2_small()
+    n = 124_439_808 - 1024 * 768  # GPT-2 small without its position table
+    assert flops_per_token(c) == 6 * n + 12 * 12 * 1024 * 768
+    assert peak_flops("cpu") is None
+
+
+def test_sample_text_is_reproducible():
+    from llm_course.tokenizer import Tokenizer
+
+    tok = Tokenizer.train("the cat sat on the mat " * 20, 270)
+    model = Transformer(tiny(tok.n_vocab), generator=torch.Generator().manual_seed(0))
+    a = sample_text(model, tok, "the cat", 10, generator=torch.Generator().manual_seed(1))
+    b = sample_text(model, tok, "the cat", 10, generator=torch.Generator().manual_seed(1))
+    assert a == b and isinstance(a, str)
+    with pytest.raises(ValueError, match="prompt"):
+        sample_text(model, tok, "", 3)
+
+
+# --------------------------------------------------------------------------- command line
+def run_cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "llm_course", *args], capture_output=True, text=True, timeout=300, cwd=cwd)
+
+
+def test_cli_help():
+    proc = run_cli("train", "--help")
+    assert proc.returncode == 0
+    for option in ("--corpus", "--steps", "--resume", "--compile", "--fused-adamw", "--precision", "--pretrained"):
+        assert option in proc.stdout
+
+
+@pytest.mark.slow
+def test_cli_trains_writes_a_checkpoint_and_resumes(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("The quick brown fox jumps over the lazy dog. " * 300, encoding="utf-8")
+    out = tmp_path / "run"
+    common = ["--corpus", str(corpus), "--out", str(out), "--no-progress"]
+    proc = run_cli("train", *common, "--vocab-size", "300", "--steps", "6", "--batch-size", "2", "--seq-len", "16",
+                   "--eval-interval", "3", "--checkpoint-interval", "3", "--device", "cpu", "--sample", "The")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "validation loss" in proc.stdout and "sample: The" in proc.stdout
+    assert (out / "tokenizer.json").exists() and (out / "step_0000006" / "model.safetensors").exists()
+    again = run_cli("train", *common)
+    assert again.returncode == 2 and "already holds checkpoints" in again.stderr
+    resumed = run_cli("train", *common, "--resume", "--device", "cpu")
+    assert resumed.returncode == 0 and "resumed" in resumed.stdout and "step 6 of 6" in resumed.stdout
