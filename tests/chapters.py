@@ -23,6 +23,7 @@ REGISTERED = {
     "06_pretraining": "tests.mutants.pretraining",
     "07_scaling_laws": "tests.mutants.scaling_laws",
     "08_generation": "tests.mutants.generation",
+    "09_efficient_inference": "tests.mutants.efficient_inference",
     "10_mixture_of_experts": "tests.mutants.mixture_of_experts",
 }
 
