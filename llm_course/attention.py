@@ -22,14 +22,16 @@ Conventions
 - A query that may attend to no key at all gets an output of zeros, never NaN.
 
 The switch `use_fused` of `MultiHeadAttention` calls PyTorch's fused kernel instead of the
-course's function; the tests check they agree. Left out: the KV cache (chapter 09 passes a
-cache object to this same module, between projection and attention), cross-attention,
+course's function; the tests check they agree. The KV cache of chapter 09 plugs into this
+same module: `forward(..., cache=...)` stores the new keys and values between projection and
+attention (`llm_course.kv_cache`). Left out: cross-attention,
 sliding windows, attention sinks, and FlashAttention's tiling (the fused kernel does that).
 """
 
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 from einops import rearrange, repeat
@@ -37,6 +39,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from llm_course.rope import RotaryEmbedding
+
+if TYPE_CHECKING:
+    from llm_course.kv_cache import LayerKVCache
 
 
 def causal_mask(
@@ -252,14 +257,25 @@ class MultiHeadAttention(nn.Module):
         positions: torch.Tensor | None = None,
         mask: torch.Tensor | None = None,
         causal: bool = True,
+        cache: LayerKVCache | None = None,
     ) -> torch.Tensor:
         """x (B, T, C) -> (B, T, C).
 
         `positions` (T,) or (B, T): the tokens' positions for RoPE (default 0 .. T-1).
         `mask`: extra boolean/float mask broadcastable to (B, H, T, T), e.g. padding;
         `causal`: each token sees only itself and earlier tokens.
+        `cache`: this layer's `llm_course.kv_cache.LayerKVCache` (chapter 09): x holds only the
+        new tokens; their keys and values are appended to the cache and the queries attend to
+        every cached token (`positions` must then say where the new tokens sit).
         """
         q, k, v = self.project(x, positions)
+        if cache is not None:
+            k, v = cache.update(k, v)  # (B, H_kv, T_cached, D): the past tokens' keys and values too
+            rows = cache.mask()  # None, or (B, 1, T, T_cached) when rows hold different numbers of tokens
+            if rows is not None and mask is None:
+                mask = rows
+            elif rows is not None:
+                mask = mask & rows if mask.dtype == torch.bool else mask.masked_fill(~rows, float("-inf"))
         out = self.attend(q, k, v, mask, causal)  # (B, H, T, D)
         out = rearrange(out, "b h t d -> b t (h d)")  # (B, T, C)
         return self.residual_dropout(self.w_o(out))

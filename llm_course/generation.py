@@ -16,8 +16,8 @@ Implements
   DIR holds a model written by `llm_course.checkpoints.save_model` and a tokenizer JSON
   written by `llm_course.tokenizer.Tokenizer.save`.
 
-Left out: the KV cache (chapter 09 adds it to `generate`: here every step recomputes the
-whole window), beam search, batches of prompts of different lengths (padding).
+`generate(..., use_cache=True)` uses chapter 09's KV cache; without it every step recomputes
+the whole window. Left out: beam search, batches of prompts of different lengths (padding).
 """
 
 from __future__ import annotations
@@ -68,6 +68,7 @@ def generate(
     top_p: float | None = None,
     generator: torch.Generator | None = None,
     eos_id: int | None = None,
+    use_cache: bool = False,
 ) -> torch.Tensor:
     """Continue each row of the prompt `idx` (B, T) by up to `max_new_tokens` tokens: (B, T + n).
 
@@ -75,6 +76,9 @@ def generate(
     greedy). When `eos_id` is given, a row that has produced it is padded with `eos_id`
     from then on, and generation stops early once every row has. The model runs in eval
     mode without gradients; its previous mode is restored afterwards.
+    `use_cache` keeps the keys and values in a `llm_course.kv_cache.KVCache` (chapter 09):
+    each step feeds only the new token. The cache does not slide, so prompt + new tokens
+    must fit in the model's context_length.
     """
     check_sampling_settings(temperature, top_k, top_p)
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
@@ -84,11 +88,19 @@ def generate(
     model.check_inputs(idx[:, -model.config.context_length :])  # ids in range, at least one token
     tokens = idx.long()  # (B, T)
     finished = torch.zeros(tokens.shape[0], dtype=torch.bool, device=tokens.device)  # (B,)
+    cache = None
+    if use_cache:
+        from llm_course.kv_cache import KVCache
+
+        cache = KVCache.for_model(model, tokens.shape[0], min(tokens.shape[1] + max_new_tokens, model.config.context_length))
     with _eval_mode(model):
         for _ in range(max_new_tokens):
-            # One step: the logits of the next token. This is where chapter 09's KV cache
-            # plugs in, feeding only the tokens the cache has not seen yet.
-            logits = next_token_logits(model, tokens)  # (B, V)
+            # One step: the logits of the next token. With a KV cache (chapter 09) the model
+            # sees only the tokens the cache has not seen yet: the prompt, then one at a time.
+            if cache is None:
+                logits = next_token_logits(model, tokens)  # (B, V)
+            else:
+                logits = model(tokens[:, cache.length :], cache=cache)[:, -1, :]  # (B, V)
             next_id = sample_next(logits, temperature, top_k, top_p, generator)  # (B,)
             if eos_id is not None:
                 next_id = next_id.masked_fill(finished, eos_id)  # finished rows are padded with eos

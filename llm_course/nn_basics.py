@@ -44,12 +44,12 @@ def sigmoid_derivative(x: Tensor) -> Tensor:
 
 
 def relu(x: Tensor) -> Tensor:
-    """max(0, x)."""
-    return x.clamp_min(0.0)
+    """max(0, x). (Written with `where` so that autograd, like `relu_derivative`, takes slope 0 at x = 0.)"""
+    return torch.where(x > 0, x, 0.0)
 
 
 def relu_derivative(x: Tensor) -> Tensor:
-    """1 where x > 0, else 0 (at x = 0 we take 0, as PyTorch's autograd does)."""
+    """1 where x > 0, else 0 (at x = 0 we take 0, as PyTorch's torch.relu does)."""
     return (x > 0).to(x.dtype)
 
 

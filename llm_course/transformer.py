@@ -10,13 +10,17 @@ Implements
   (Touvron et al., 2023): RMSNorm, SwiGLU, RoPE, no biases, untied head, grouped-query
   attention. Weights are initialized as GPT-2: N(0, 0.02), and the projections that write
   into the residual stream (w_o, ffn.w2) N(0, 0.02 / sqrt(2 n_layers)).
-- `count_parameters(config)`, a closed formula (tested against the real count), and
-  `parameter_breakdown(config)` by component; `block_gradient_norms(model)` for the
-  Pre-LN vs Post-LN experiment.
+- mixture-of-experts blocks (chapter 10): with `n_experts > 0` in the config, every block's
+  FFN is an `llm_course.moe.MoE` of that many experts (Mixtral: 8 experts, 2 per token);
+  `moe_aux_loss(model)` collects the blocks' load-balancing losses for training;
+- `count_parameters(config)`, a closed formula (tested against the real count),
+  `parameter_breakdown(config)` by component, `count_active_parameters(config)` (the
+  parameters one token uses, which differs from the total only for MoE);
+  `block_gradient_norms(model)` for the Pre-LN vs Post-LN experiment.
 
 Checkpoint loading (GPT-2, Llama) lives in `llm_course.checkpoints`. Left out here: the KV
-cache (chapter 09), sampling (chapter 08), mixture-of-experts layers (chapter 10), a
-separate head_dim != d_model / n_heads, and RoPE scaling.
+cache (chapter 09), sampling (chapter 08), a separate head_dim != d_model / n_heads, RoPE
+scaling, and MoE variants such as dense layers between MoE layers or shared experts.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from torch import nn
 from llm_course.attention import MultiHeadAttention
 from llm_course.embeddings import LearnedPositionalEmbedding, SinusoidalPositionalEncoding, TokenEmbedding
 from llm_course.ffn import make_ffn
+from llm_course.moe import MoE
 from llm_course.norms import LayerNorm, RMSNorm, make_norm
 from llm_course.rope import RotaryEmbedding
 
@@ -65,6 +70,9 @@ class TransformerConfig:
     dropout: float = 0.0  # dropout on embeddings, attention weights and residual branches
     norm_eps: float = 1e-5  # epsilon inside LayerNorm / RMSNorm
     use_fused_attention: bool = False  # PyTorch's fused attention kernel instead of the course's function
+    n_experts: int = 0  # E: experts in each block's mixture-of-experts FFN; 0 means a dense FFN (chapter 10)
+    experts_per_token: int = 2  # k: experts each token is routed to, when n_experts > 0 (Mixtral 2)
+    capacity_factor: float | None = None  # MoE expert capacity, in units of k T / E; None drops no token
 
     def __post_init__(self):
         if self.n_kv_heads is None:
@@ -86,6 +94,14 @@ class TransformerConfig:
             raise ValueError(f"RoPE needs an even d_head, got {self.d_head}")
         if self.position == "sinusoidal" and self.d_model % 2 != 0:
             raise ValueError(f"sinusoidal positions need an even d_model, got {self.d_model}")
+        if self.n_experts < 0:
+            raise ValueError(f"n_experts must be 0 (dense FFN) or positive, got {self.n_experts}")
+        if self.n_experts > 0 and not 1 <= self.experts_per_token <= self.n_experts:
+            raise ValueError(
+                f"experts_per_token must be between 1 and n_experts ({self.n_experts}), got {self.experts_per_token}"
+            )
+        if self.capacity_factor is not None and self.capacity_factor <= 0:
+            raise ValueError(f"capacity_factor must be positive or None, got {self.capacity_factor}")
 
     @property
     def d_head(self) -> int:
@@ -129,6 +145,19 @@ def llama2_7b() -> TransformerConfig:
     )  # fmt: skip
 
 
+def mixtral_8x7b() -> TransformerConfig:
+    """Mixtral 8x7B (46.7B parameters, 12.9B used per token). For counting; meta device only.
+
+    Mistral 7B's shape (32 layers, 4096 wide, 32 heads, 8 KV heads, SwiGLU with d_ff = 14336)
+    with each FFN replaced by 8 experts of that size, 2 per token (Jiang et al., 2024).
+    """
+    return TransformerConfig(
+        vocab_size=32000, context_length=32768, d_model=4096, n_layers=32, n_heads=32, n_kv_heads=8,
+        d_ff=14336, norm="rmsnorm", activation="swiglu", position="rope", rope_base=1e6, tie_embeddings=False,
+        bias=False, n_experts=8, experts_per_token=2,
+    )  # fmt: skip
+
+
 def seeds_70b() -> TransformerConfig:
     """The seeds' "70B" example: 8192 wide, 80 layers, 64 heads. For counting only.
 
@@ -163,6 +192,9 @@ class Block(nn.Module):
         norm_eps: float = 1e-5,
         use_fused_attention: bool = False,
         rope: RotaryEmbedding | None = None,
+        n_experts: int = 0,
+        experts_per_token: int = 2,
+        capacity_factor: float | None = None,
     ):
         super().__init__()
         self.pre_ln = pre_ln
@@ -171,17 +203,21 @@ class Block(nn.Module):
             d_model, n_heads, n_kv_heads, bias=bias, dropout=dropout, use_fused=use_fused_attention, rope=rope
         )
         self.norm2 = make_norm(norm, d_model, norm_eps, bias)
-        self.ffn = make_ffn(d_model, d_ff, activation, bias=bias, dropout=dropout)
+        if n_experts > 0:  # a mixture of experts in place of the FFN (chapter 10)
+            self.ffn = MoE(d_model, d_ff, n_experts, experts_per_token, activation, bias, dropout, capacity_factor)
+        else:
+            self.ffn = make_ffn(d_model, d_ff, activation, bias=bias, dropout=dropout)
 
     def forward(
-        self, x: torch.Tensor, positions: torch.Tensor | None = None, mask: torch.Tensor | None = None
+        self, x: torch.Tensor, positions: torch.Tensor | None = None, mask: torch.Tensor | None = None, cache=None
     ) -> torch.Tensor:
-        """x (B, T, C) -> (B, T, C); causal self-attention, `mask` optional extra mask."""
+        """x (B, T, C) -> (B, T, C); causal self-attention, `mask` optional extra mask,
+        `cache` this layer's KV cache (chapter 09), passed on to the attention."""
         if self.pre_ln:
-            x = x + self.attn(self.norm1(x), positions, mask)
+            x = x + self.attn(self.norm1(x), positions, mask, cache=cache)
             x = x + self.ffn(self.norm2(x))
         else:
-            x = self.norm1(x + self.attn(x, positions, mask))
+            x = self.norm1(x + self.attn(x, positions, mask, cache=cache))
             x = self.norm2(x + self.ffn(x))
         return x
 
@@ -210,7 +246,8 @@ class Transformer(nn.Module):
             Block(
                 c.d_model, c.n_heads, c.d_ff, c.n_kv_heads, norm=c.norm, activation=c.activation, bias=c.bias,
                 dropout=c.dropout, pre_ln=c.pre_ln, norm_eps=c.norm_eps,
-                use_fused_attention=c.use_fused_attention, rope=self.rope,
+                use_fused_attention=c.use_fused_attention, rope=self.rope, n_experts=c.n_experts,
+                experts_per_token=c.experts_per_token, capacity_factor=c.capacity_factor,
             )  # fmt: skip
             for _ in range(c.n_layers)
         )
@@ -223,9 +260,9 @@ class Transformer(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
-        """GPT-2's initialization: N(0, 0.02) everywhere, N(0, 0.02 / sqrt(2 L)) for w_o and ffn.w2,
-        zero biases, unit norm gains. The residual stream is a sum of 2 L branches; the smaller
-        scale keeps its variance from growing with depth."""
+        """GPT-2's initialization: N(0, 0.02) everywhere, N(0, 0.02 / sqrt(2 L)) for w_o and ffn.w2
+        (every expert's w2 in an MoE), zero biases, unit norm gains. The residual stream is a sum
+        of 2 L branches; the smaller scale keeps its variance from growing with depth."""
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 nn.init.normal_(module.weight, std=0.02, generator=generator)
@@ -242,7 +279,8 @@ class Transformer(nn.Module):
         residual_std = 0.02 / math.sqrt(2 * self.config.n_layers)
         for block in self.blocks:
             nn.init.normal_(block.attn.w_o.weight, std=residual_std, generator=generator)
-            nn.init.normal_(block.ffn.w2.weight, std=residual_std, generator=generator)
+            for ffn in block.ffn.experts if isinstance(block.ffn, MoE) else [block.ffn]:
+                nn.init.normal_(ffn.w2.weight, std=residual_std, generator=generator)
 
     def check_inputs(self, idx: torch.Tensor, positions: torch.Tensor | None = None) -> None:
         """Raise a TypeError / ValueError naming what was expected if idx or positions are unusable."""
@@ -278,29 +316,33 @@ class Transformer(nn.Module):
             )
 
     def features(
-        self, idx: torch.Tensor, positions: torch.Tensor | None = None, mask: torch.Tensor | None = None
+        self, idx: torch.Tensor, positions: torch.Tensor | None = None, mask: torch.Tensor | None = None, cache=None
     ) -> torch.Tensor:
         """The final hidden states (after the last norm) for token ids idx (B, T): (B, T, C)."""
+        if cache is not None and positions is None:
+            positions = cache.positions(idx.shape[1])  # the new tokens follow the cached ones
         self.check_inputs(idx, positions)
         x = self.token_embedding(idx.long())  # (B, T, C)
         if self.position_embedding is not None:
             pos = torch.arange(idx.shape[1], device=idx.device) if positions is None else positions
             x = x + self.position_embedding(pos)  # (B, T, C); pos is (T,) or (B, T)
         x = self.embedding_dropout(x)
-        for block in self.blocks:
-            x = block(x, positions, mask)  # (B, T, C)
+        for i, block in enumerate(self.blocks):
+            x = block(x, positions, mask, cache=None if cache is None else cache.layers[i])  # (B, T, C)
         return self.final_norm(x)
 
     def forward(
-        self, idx: torch.Tensor, positions: torch.Tensor | None = None, mask: torch.Tensor | None = None
+        self, idx: torch.Tensor, positions: torch.Tensor | None = None, mask: torch.Tensor | None = None, cache=None
     ) -> torch.Tensor:
         """Logits (B, T, V) for token ids idx (B, T).
 
-        `positions` (T,) or (B, T): where the tokens sit (default 0 .. T-1).
+        `positions` (T,) or (B, T): where the tokens sit (default 0 .. T-1, or after the cached ones).
         `mask`: optional boolean mask, True = may attend, broadcastable to (B, H, T, T),
         combined with the causal mask (e.g. to hide padding).
+        `cache`: a `llm_course.kv_cache.KVCache` (chapter 09); idx then holds only the tokens the
+        cache has not seen, and their keys and values are appended to it.
         """
-        return self.lm_head(self.features(idx, positions, mask))  # (B, T, V)
+        return self.lm_head(self.features(idx, positions, mask, cache))  # (B, T, V)
 
 
 # ---------------------------------------------------------------------------------------
@@ -308,24 +350,31 @@ class Transformer(nn.Module):
 # ---------------------------------------------------------------------------------------
 
 
+def _one_ffn_parameters(c: TransformerConfig) -> int:
+    C, F, b = c.d_model, c.d_ff, int(c.bias)
+    if c.activation == "swiglu":
+        return 3 * C * F + b * (2 * F + C)
+    return 2 * C * F + b * (F + C)
+
+
 def parameter_breakdown(config: TransformerConfig) -> dict[str, int]:
     """Parameters per component, by formula (the values sum to `count_parameters`).
 
     Per layer, with D = d_model / H and biases b = 1 if config.bias else 0:
       attention  C (H D) + 2 C (H_kv D) + (H D) C  + b (H D + 2 H_kv D + C)
-      ffn        2 C F + b (F + C),  or for SwiGLU  3 C F + b (2 F + C)
+      ffn        2 C F + b (F + C),  or for SwiGLU  3 C F + b (2 F + C);
+                 with E = n_experts > 0: E such FFNs (the experts) + E C (the router)
       norms      2 C (1 + b) for LayerNorm, 2 C for RMSNorm
     plus V C for the token embedding, context_length C for learned positions, one final
     norm (Pre-LN), and V C for the output head unless it is tied to the embedding.
     """
     c = config
-    C, V, F, b = c.d_model, c.vocab_size, c.d_ff, int(c.bias)
+    C, V, b = c.d_model, c.vocab_size, int(c.bias)
     q_size, kv_size = c.n_heads * c.d_head, c.n_kv_heads * c.d_head
     attention = C * q_size + 2 * C * kv_size + q_size * C + b * (q_size + 2 * kv_size + C)
-    if c.activation == "swiglu":
-        ffn = 3 * C * F + b * (2 * F + C)
-    else:
-        ffn = 2 * C * F + b * (F + C)
+    ffn = _one_ffn_parameters(c)
+    if c.n_experts > 0:
+        ffn = c.n_experts * ffn + c.n_experts * C
     norm = C * (1 + b) if c.norm == "layernorm" else C
     return {
         "token_embedding": V * C,
@@ -340,6 +389,29 @@ def parameter_breakdown(config: TransformerConfig) -> dict[str, int]:
 def count_parameters(config: TransformerConfig) -> int:
     """Total number of parameters of `Transformer(config)`, tied matrices counted once."""
     return sum(parameter_breakdown(config).values())
+
+
+def count_active_parameters(config: TransformerConfig) -> int:
+    """The parameters one token's forward pass uses: all of them, except the n_experts - k
+    experts of each MoE layer that the token is not routed to. Equal to `count_parameters`
+    for a dense model. (The embedding tables count whole, as in `count_parameters`.)"""
+    idle_experts = config.n_experts - config.experts_per_token if config.n_experts > 0 else 0
+    return count_parameters(config) - config.n_layers * idle_experts * _one_ffn_parameters(config)
+
+
+def moe_aux_loss(model: Transformer) -> torch.Tensor:
+    """The mean of the MoE blocks' load-balancing losses from the model's latest forward call.
+
+    Add it to the training loss times a small coefficient (Switch Transformer: 0.01). A
+    model without MoE blocks gives 0. The mean (not the sum) keeps the scale of one layer's
+    loss whatever the depth: k when the routing is balanced.
+    """
+    losses = [block.ffn.aux_loss for block in model.blocks if isinstance(block.ffn, MoE)]
+    if not losses:
+        return torch.zeros((), device=model.lm_head.weight.device)
+    if any(loss is None for loss in losses):
+        raise RuntimeError("moe_aux_loss needs a forward call first: the MoE layers have not routed any token yet")
+    return torch.stack(losses).mean()
 
 
 def block_gradient_norms(model: Transformer) -> list[float]:
