@@ -140,16 +140,17 @@ def test_linear_backward_passes_gradcheck():
     assert torch.autograd.gradcheck(HandLinear.apply, (x, W, b))
 
 
-def test_numerical_gradient_agrees_with_linear_backward():
+def test_numerical_gradient_agrees_with_the_chain_rule():
+    # L = sum(c * tanh(x W^T + b)): nonlinear in W, so the finite differences have a Taylor error too.
     g = gen(4)
-    x, W, b = torch.randn(3, 4, generator=g, dtype=F64), torch.randn(2, 4, generator=g, dtype=F64), torch.zeros(2, dtype=F64)
-    c = torch.randn(3, 2, generator=g, dtype=F64)
+    x, W, b, c = (torch.randn(*shape, generator=g, dtype=F64) for shape in [(3, 4), (2, 4), (2,), (3, 2)])
 
     def loss(W_):
-        return (c * linear_forward(x, W_, b)).sum()
+        return (c * tanh(linear_forward(x, W_, b))).sum()
 
-    _, grad_W, _ = linear_backward(x, W, c)
+    _, grad_W, _ = linear_backward(x, W, c * tanh_derivative(linear_forward(x, W, b)))
     torch.testing.assert_close(numerical_gradient(loss, W), grad_W, atol=1e-8, rtol=1e-8)
+    assert not torch.allclose(numerical_gradient(loss, W, eps=1e-2), grad_W, atol=1e-8, rtol=1e-8)
 
 
 @pytest.mark.parametrize(
@@ -317,7 +318,8 @@ def test_rnn_gradients_equal_autograd(seed):
     want = torch.stack([s.grad for s in states])  # (T, H)
     hs = rnn_forward(xs, h0, W_hh, W_xh)
     torch.testing.assert_close(hidden_state_gradients(hs, W_hh, torch.ones_like(hs[-1])), want, **EXACT)
-    torch.testing.assert_close(torch.tensor(rnn_gradient_norms(W_hh, W_xh, xs, h0), dtype=F64), want.norm(dim=-1), **EXACT)
+    norms = torch.tensor(rnn_gradient_norms(W_hh, W_xh, xs, h0), dtype=F64)
+    torch.testing.assert_close(norms, want.norm(dim=-1), **EXACT)
 
 
 def test_random_recurrent_weights_has_the_spectral_radius_asked_for():
