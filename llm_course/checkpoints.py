@@ -131,6 +131,11 @@ def to_hf_config(config: TransformerConfig, **overrides: Any):
     from transformers import GPT2Config, LlamaConfig
 
     c = config
+    if c.n_experts > 0:
+        raise ValueError(
+            f"this config has {c.n_experts} experts per block; GPT2Config and LlamaConfig are dense "
+            "(an MoE model corresponds to Hugging Face's MixtralConfig, which this function does not build)"
+        )
     if c.norm == "layernorm" and c.position == "learned" and c.bias and c.pre_ln and c.activation != "swiglu":
         if c.n_kv_heads != c.n_heads:
             raise ValueError("GPT-2 has no grouped-query attention (n_kv_heads must equal n_heads)")

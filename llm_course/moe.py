@@ -71,7 +71,7 @@ def load_balancing_loss(router_logits: torch.Tensor, k: int, n_experts: int) -> 
     """
     probs = router_probs(router_logits).reshape(-1, n_experts)  # (N, E)
     _, indices = torch.topk(probs, k, dim=-1)  # (N, k)
-    counts = F.one_hot(indices, n_experts).sum(dim=(0, 1))  # (E,) assignments per expert
+    counts = torch.bincount(indices.flatten(), minlength=n_experts)  # (E,) assignments per expert
     f = counts.float() / probs.shape[0]  # (E,)
     p = probs.mean(dim=0)  # (E,)
     return n_experts * (f * p).sum()

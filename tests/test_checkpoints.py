@@ -151,3 +151,12 @@ def test_load_keeps_the_saved_dtype(tmp_path):
     model = Transformer(gpt2_config()).to(torch.bfloat16)
     save_model(model, tmp_path)
     assert load_model(tmp_path).token_embedding.weight.dtype == torch.bfloat16
+
+
+def test_to_hf_config_refuses_moe_configs():
+    from llm_course.checkpoints import to_hf_config
+    from llm_course.transformer import llama_tiny
+
+    config = dataclasses.replace(llama_tiny(256), n_experts=4, experts_per_token=2)
+    with pytest.raises(ValueError, match="4 experts per block"):
+        to_hf_config(config)

@@ -423,6 +423,18 @@ def test_tiny_moe_model_learns_a_repeating_sequence():
     assert loss.item() < 0.5
 
 
+def test_save_and_load_round_trip_keeps_the_experts(tmp_path):
+    from llm_course.checkpoints import load_model, save_model
+
+    config = moe_config(**MOE_VARIANTS["gpt_moe_bias_capacity"])
+    model = Transformer(config).eval()
+    loaded = load_model(save_model(model, tmp_path / "moe"))
+    assert loaded.config == config
+    idx = torch.randint(0, V, (2, 8))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(idx), model(idx))
+
+
 @needs_cuda
 @pytest.mark.cuda
 def test_moe_on_cuda_matches_cpu():
