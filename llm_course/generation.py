@@ -92,7 +92,8 @@ def generate(
     if use_cache:
         from llm_course.kv_cache import KVCache
 
-        cache = KVCache.for_model(model, tokens.shape[0], min(tokens.shape[1] + max_new_tokens, model.config.context_length))
+        size = min(tokens.shape[1] + max_new_tokens, model.config.context_length)  # a full cache raises CacheFullError
+        cache = KVCache.for_model(model, tokens.shape[0], size)
     with _eval_mode(model):
         for _ in range(max_new_tokens):
             # One step: the logits of the next token. With a KV cache (chapter 09) the model

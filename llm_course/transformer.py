@@ -18,9 +18,10 @@ Implements
   parameters one token uses, which differs from the total only for MoE);
   `block_gradient_norms(model)` for the Pre-LN vs Post-LN experiment.
 
-Checkpoint loading (GPT-2, Llama) lives in `llm_course.checkpoints`. Left out here: the KV
-cache (chapter 09), sampling (chapter 08), a separate head_dim != d_model / n_heads, RoPE
-scaling, and MoE variants such as dense layers between MoE layers or shared experts.
+Checkpoint loading (GPT-2, Llama) lives in `llm_course.checkpoints`; the KV cache in
+`llm_course.kv_cache` (chapter 09), passed as `forward(..., cache=...)`. Left out here:
+sampling (chapter 08), a separate head_dim != d_model / n_heads, RoPE scaling, and MoE
+variants such as dense layers between MoE layers or shared experts.
 """
 
 from __future__ import annotations
