@@ -29,7 +29,17 @@ import types
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-__all__ = ["CheckFailed", "call", "fail", "forbid_reference", "passed", "short", "time_limit"]
+__all__ = [
+    "CheckFailed",
+    "call",
+    "expect_tensor",
+    "fail",
+    "first_difference",
+    "forbid_reference",
+    "passed",
+    "short",
+    "time_limit",
+]
 
 #: Seconds one call of a student's function may take before the check gives up on it.
 CALL_TIME_LIMIT = 10.0
@@ -179,3 +189,20 @@ def forbid_reference(fn: Callable, *references: Callable) -> None:
 def passed(fn: Callable, what: str) -> None:
     """Print the line a student sees when a check passes."""
     print(f"\u2714 {_name(fn)}: {what}")
+
+
+def expect_tensor(fn: Callable, got: Any, what: str):
+    """Fail unless the student's function returned a `torch.Tensor`; return it."""
+    import torch  # here, not at import time: the tokenizer checks need no torch
+
+    if not isinstance(got, torch.Tensor):
+        fail(f"{_name(fn)} should return a torch.Tensor ({what}), got {type(got).__name__}: {short(got)}")
+    return got
+
+
+def first_difference(got, want) -> str:
+    """Where two tensors of the same shape differ most: "at index (i, j) expected a, got b"."""
+    got, want = got.detach(), want.detach()
+    err = (got.double() - want.double()).abs()
+    index = tuple(int(i) for i in (err == err.max()).nonzero()[0])
+    return f"at index {index} expected {want[index].item():.6g}, got {got[index].item():.6g}"

@@ -25,7 +25,7 @@ import torch
 from torch.nn import functional as F
 
 from llm_course import attention
-from llm_course.grading import CheckFailed, call, fail, forbid_reference, passed, short
+from llm_course.grading import CheckFailed, call, expect_tensor, fail, forbid_reference, passed, short
 
 # float32 throughout: a few matmuls and a softmax differ from the reference by rounding only.
 TOL = dict(atol=1e-5, rtol=1e-4)
@@ -39,16 +39,10 @@ def _fmt(t: torch.Tensor) -> str:
     return short([round(x, 4) for x in t.flatten().tolist()], 80)
 
 
-def _tensor(fn, got, what: str) -> torch.Tensor:
-    if not isinstance(got, torch.Tensor):
-        fail(f"{fn.__name__} should return a torch.Tensor ({what}), got {type(got).__name__}: {short(got)}")
-    return got
-
-
 # --------------------------------------------------------------------------- causal mask
 def _compare_causal_mask(fn, T: int) -> None:
     want = attention.causal_mask(T)
-    got = _tensor(fn, call(fn, T), f"a ({T}, {T}) boolean mask")
+    got = expect_tensor(fn, call(fn, T), f"a ({T}, {T}) boolean mask")
     if tuple(got.shape) != (T, T):
         fail(f"causal_mask({T}) should have shape ({T}, {T}) (queries x keys), got {tuple(got.shape)}.")
     if got.dtype != torch.bool:
@@ -195,7 +189,7 @@ def _first_bad_row(got: torch.Tensor, want: torch.Tensor) -> tuple[int, int, int
 
 def _compare_attention(fn, q, k, v, mask=None, label: str = "", large: bool = False) -> None:
     want = attention.scaled_dot_product_attention(q, k, v, mask=mask)
-    got = _tensor(fn, call(fn, q, k, v, mask), "the attention output")
+    got = expect_tensor(fn, call(fn, q, k, v, mask), "the attention output")
     B, H, Tq, _ = q.shape
     shape = (B, H, Tq, v.shape[-1])
     where = f"on {label}" if label else f"with q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
@@ -391,7 +385,7 @@ def _compare_mha(fn, x, w_q, w_k, w_v, w_o, H: int) -> None:
     D = w_q.shape[0] // H
     H_kv = w_k.shape[0] // D
     try:
-        got = _tensor(fn, call(fn, x, w_q, w_k, w_v, w_o, H), "the attention output")
+        got = expect_tensor(fn, call(fn, x, w_q, w_k, w_v, w_o, H), "the attention output")
     except CheckFailed as err:
         if H_kv == H:
             raise

@@ -25,7 +25,7 @@ from torch.nn import functional as F
 
 from llm_course import kv_cache, quantization, speculative
 from llm_course.attention import scaled_dot_product_attention
-from llm_course.grading import CheckFailed, call, fail, forbid_reference, passed, short
+from llm_course.grading import CheckFailed, call, expect_tensor, fail, forbid_reference, passed, short
 
 TOL = dict(atol=1e-5, rtol=1e-4)
 
@@ -36,12 +36,6 @@ def _gen(seed: int) -> torch.Generator:
 
 def _fmt(t: torch.Tensor, limit: int = 80) -> str:
     return short([round(x, 4) for x in t.flatten().tolist()], limit)
-
-
-def _tensor(fn, got, what: str) -> torch.Tensor:
-    if not isinstance(got, torch.Tensor):
-        fail(f"{fn.__name__} should return a torch.Tensor ({what}), got {type(got).__name__}: {short(got)}")
-    return got
 
 
 # --------------------------------------------------------------------------- cached attention
@@ -100,7 +94,7 @@ def _compare_cached(fn, case, label: str = "") -> None:
     want_k, want_v = k_cache.clone(), v_cache.clone()
     want = kv_cache.cached_attention(q, k_new, v_new, want_k, want_v, length)
     got_k, got_v = k_cache.clone(), v_cache.clone()
-    got = _tensor(fn, call(fn, q.clone(), k_new.clone(), v_new.clone(), got_k, got_v, length, copy_args=False), "the attention output")
+    got = expect_tensor(fn, call(fn, q.clone(), k_new.clone(), v_new.clone(), got_k, got_v, length, copy_args=False), "the attention output")
     B, H, T, D = q.shape
     end = length + T
     where = label or f"q {tuple(q.shape)}, a cache of {k_cache.shape[-2]} slots holding {length} tokens"
@@ -231,7 +225,7 @@ def _compare_verify(fn, p, q, draft, u, label: str = "") -> None:
             f"verify_draft with {where}: {want_n} drafts should be accepted, you accepted {n} "
             f"(p/q of the drafts: {_fmt(ratio, 60)}){hint}."
         )
-    dist = _tensor(fn, dist, "the distribution of the next token")
+    dist = expect_tensor(fn, dist, "the distribution of the next token")
     V = p.shape[-1]
     if tuple(dist.shape) != (V,):
         fail(f"verify_draft with {where}: the next distribution should have shape ({V},), got {tuple(dist.shape)}.")
@@ -301,7 +295,7 @@ def _compare_quantize(fn, w, bits, group_size, label: str = "") -> None:
     where = label or f"w {tuple(w.shape)}, bits={bits}, group_size={group_size}"
     if not isinstance(got, tuple) or len(got) != 2:
         fail(f"quantize_groupwise should return a pair (q, scale), got {short(got)}.")
-    q, scale = (_tensor(fn, t, name) for t, name in zip(got, ("q, the integers", "scale, one per group")))
+    q, scale = (expect_tensor(fn, t, name) for t, name in zip(got, ("q, the integers", "scale, one per group")))
     n_out, n_in = w.shape
     if tuple(q.shape) != (n_out, n_in):
         fail(f"quantize_groupwise({where}): q should have w's shape {(n_out, n_in)}, got {tuple(q.shape)}.")
@@ -378,7 +372,7 @@ def check_quantize_groupwise(fn, hidden: bool = False) -> None:
 
 def _compare_dequantize(fn, q, scale, label: str = "") -> None:
     want = quantization.dequantize_groupwise(q, scale)
-    got = _tensor(fn, call(fn, q, scale), "the dequantized weights")
+    got = expect_tensor(fn, call(fn, q, scale), "the dequantized weights")
     n_out, n_in = q.shape
     G = scale.shape[1]
     where = label or f"q {tuple(q.shape)}, scale {tuple(scale.shape)} (groups of {n_in // G})"

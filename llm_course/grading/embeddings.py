@@ -21,14 +21,10 @@ import math
 import torch
 
 from llm_course import embeddings, rope
-from llm_course.grading import CheckFailed, call, fail, forbid_reference, passed, short
+from llm_course.grading import CheckFailed, call, expect_tensor, fail, forbid_reference, passed, short
 
 
 # --------------------------------------------------------------------------- helpers
-def _tensor(fn, got, what: str) -> torch.Tensor:
-    if not isinstance(got, torch.Tensor):
-        fail(f"{fn.__name__} should return a torch.Tensor ({what}), got {type(got).__name__}: {short(got)}")
-    return got
 
 
 def _expect_shape(fn, got: torch.Tensor, want: torch.Tensor, call_text: str, hint: str = "") -> None:
@@ -77,7 +73,7 @@ def _compare_one_hot(fn, idx: torch.Tensor, weight: torch.Tensor) -> None:
                 f" Hint: F.one_hot returns int64; convert it to weight's dtype ({weight.dtype}) before the product."
             )
         raise CheckFailed(message) from None
-    got = _tensor(fn, got, "the embedding vectors")
+    got = expect_tensor(fn, got, "the embedding vectors")
     _expect_shape(fn, got, want, text, " (one vector of size C for each id: idx.shape + (C,))")
     _expect_dtype(
         got, weight.dtype, text, "convert the one-hot matrix to weight.dtype (not always to float32) before the product"
@@ -93,7 +89,7 @@ def _compare_one_hot(fn, idx: torch.Tensor, weight: torch.Tensor) -> None:
 
 def _check_one_hot_gradient(fn, idx: torch.Tensor, vocab: int, dim: int) -> None:
     weight = torch.randn(vocab, dim, generator=torch.Generator().manual_seed(5), requires_grad=True)
-    out = _tensor(fn, call(fn, idx, weight, copy_args=False), "the embedding vectors")
+    out = expect_tensor(fn, call(fn, idx, weight, copy_args=False), "the embedding vectors")
     if not out.requires_grad:
         fail(
             "no gradient can reach weight through your result: keep the computation in torch "
@@ -184,7 +180,7 @@ SINUSOIDAL_HINTS = {
 def _compare_sinusoidal(fn, seq_len: int, d_model: int, base: float) -> None:
     want = embeddings.sinusoidal_encoding(seq_len, d_model, base)
     text = f"sinusoidal_encoding({seq_len}, {d_model}, base={base:g})"
-    got = _tensor(fn, call(fn, seq_len, d_model, base), "the table PE")
+    got = expect_tensor(fn, call(fn, seq_len, d_model, base), "the table PE")
     _expect_shape(fn, got, want, text, " (one row per position, one column per dimension)")
     _expect_dtype(got, torch.float32, text, "return float32, torch's default (convert with .float())")
     atol = _angle_tolerance(seq_len)
@@ -212,7 +208,7 @@ def check_sinusoidal_encoding(fn, hidden: bool = False) -> None:
         fn, embeddings.sinusoidal_encoding, embeddings.SinusoidalPositionalEncoding, embeddings.inverse_frequencies
     )
     if not hidden:
-        got = _tensor(fn, call(fn, 3, 4, 10000.0), "the table PE")
+        got = expect_tensor(fn, call(fn, 3, 4, 10000.0), "the table PE")
         want = embeddings.sinusoidal_encoding(3, 4)
         _expect_shape(fn, got, want, "sinusoidal_encoding(3, 4)")
         if not _close(got[0], torch.tensor([0.0, 1.0, 0.0, 1.0]), 1e-6):
@@ -285,7 +281,7 @@ SHIFT_HINTS = {
 def _compare_shift(fn, offset: float, d_model: int, base: float) -> None:
     want = embeddings.sinusoidal_shift_matrix(offset, d_model, base)
     text = f"sinusoidal_shift_matrix({offset}, {d_model}, base={base:g})"
-    got = _tensor(fn, call(fn, offset, d_model, base), "the matrix M_k")
+    got = expect_tensor(fn, call(fn, offset, d_model, base), "the matrix M_k")
     _expect_shape(fn, got, want, text, " (a square matrix, d_model x d_model)")
     _expect_dtype(got, torch.float32, text, "return float32, torch's default (convert with .float())")
     atol = _angle_tolerance(offset)
@@ -322,7 +318,7 @@ def check_sinusoidal_shift_matrix(fn, hidden: bool = False) -> None:
     """sinusoidal_shift_matrix(k, C, base): the block-diagonal M_k with PE[pos + k] = M_k @ PE[pos]."""
     forbid_reference(fn, embeddings.sinusoidal_shift_matrix)
     if not hidden:
-        got = _tensor(fn, call(fn, 0, 4, 10000.0), "the matrix M_k")
+        got = expect_tensor(fn, call(fn, 0, 4, 10000.0), "the matrix M_k")
         _expect_shape(fn, got, torch.eye(4), "sinusoidal_shift_matrix(0, 4)")
         if not _close(got, torch.eye(4), 1e-6):
             fail(
@@ -331,7 +327,7 @@ def check_sinusoidal_shift_matrix(fn, hidden: bool = False) -> None:
             )
         c, s = math.cos(1.0), math.sin(1.0)
         block = torch.tensor([[c, s], [-s, c]])
-        got = _tensor(fn, call(fn, 1, 2, 10000.0), "the matrix M_k")
+        got = expect_tensor(fn, call(fn, 1, 2, 10000.0), "the matrix M_k")
         _expect_shape(fn, got, block, "sinusoidal_shift_matrix(1, 2)")
         if not _close(got, block, 1e-6):
             hint = ""
@@ -416,7 +412,7 @@ def _compare_rope(fn, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pos
         if positions is not None and positions.dim() == 2 and "must match the size" in message:
             message += f" Hint: {ROPE_HINTS['heads_as_batch']}."
         raise CheckFailed(message) from None
-    got = _tensor(fn, got, "the rotated x")
+    got = expect_tensor(fn, got, "the rotated x")
     _expect_shape(fn, got, want, text, " (the same shape as x)")
     _expect_dtype(got, x.dtype, text, "the result should have x's dtype; cast cos and sin to x.dtype before using them")
     atol, rtol = {torch.float64: (1e-10, 1e-10), torch.float32: (1e-5, 1e-5)}.get(x.dtype, (5e-2, 2e-2))
@@ -445,7 +441,7 @@ def check_apply_rope(fn, hidden: bool = False) -> None:
         # D = 2: the single pair (x0, x1) = (1, 0) at position m turns by m radians (w_0 = 1).
         cos, sin = rope.rope_cache(2, 8)
         x = torch.tensor([1.0, 0.0]).expand(1, 1, 4, 2).contiguous()
-        got = _tensor(fn, call(fn, x, cos, sin), "the rotated x")
+        got = expect_tensor(fn, call(fn, x, cos, sin), "the rotated x")
         want = torch.tensor([[math.cos(m), math.sin(m)] for m in range(4)]).reshape(1, 1, 4, 2)
         _expect_shape(fn, got, want, "apply_rope(x of shape (1, 1, 4, 2), cos, sin)")
         if not _close(got, want, 1e-6):
@@ -459,7 +455,7 @@ def check_apply_rope(fn, hidden: bool = False) -> None:
         # D = 4 tells the layouts apart: (1, 0, 0, 0) at position 1 pairs value 0 with value 2.
         cos, sin = rope.rope_cache(4, 8)
         x = torch.tensor([1.0, 0.0, 0.0, 0.0]).reshape(1, 1, 1, 4)
-        got = _tensor(fn, call(fn, x, cos, sin, torch.tensor([1])), "the rotated x")
+        got = expect_tensor(fn, call(fn, x, cos, sin, torch.tensor([1])), "the rotated x")
         want = torch.tensor([math.cos(1.0), 0.0, math.sin(1.0), 0.0]).reshape(1, 1, 1, 4)
         _expect_shape(fn, got, want, "apply_rope(x of shape (1, 1, 1, 4), cos, sin, positions=[1])")
         if not _close(got, want, 1e-6):

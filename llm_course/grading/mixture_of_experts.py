@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from llm_course import moe
-from llm_course.grading import call, fail, forbid_reference, passed, short
+from llm_course.grading import call, fail, first_difference, forbid_reference, passed, short
 from llm_course.moe import MoE
 
 ATOL = RTOL = 1e-5  # float32 results of unit scale; the reference computes in float32
@@ -44,12 +44,6 @@ def _show(t: torch.Tensor) -> str:
 
 def _close(a: torch.Tensor, b: torch.Tensor, atol: float = ATOL, rtol: float = RTOL) -> bool:
     return a.shape == b.shape and torch.allclose(a.detach().double(), b.detach().double(), atol=atol, rtol=rtol)
-
-
-def _first_difference(got: torch.Tensor, want: torch.Tensor) -> str:
-    err = (got.detach().double() - want.detach().double()).abs()
-    index = tuple(int(i) for i in torch.nonzero(err == err.max())[0])
-    return f"at index {index} expected {want[index].item():.6g}, got {got[index].item():.6g}"
 
 
 def _diagnose(got: torch.Tensor, mistakes: list[tuple[str, Callable[[], torch.Tensor]]], atol=1e-4) -> str:
@@ -159,7 +153,7 @@ def _compare_routing(fn, logits: torch.Tensor, k: int, renormalize: bool | None,
     if not _close(weights, want_w):
         hint = _diagnose(weights, _routing_mistakes(logits, k, renorm, "weights"))
         detail = f"\n  logits   {_show(logits)}\n  expected {_show(want_w)}\n  got      {_show(weights)}"
-        fail(f"{args} returned the right experts but wrong weights ({what}): {_first_difference(weights, want_w)}"
+        fail(f"{args} returned the right experts but wrong weights ({what}): {first_difference(weights, want_w)}"
              f"{hint}." + (detail if logits.numel() <= 12 else ""))  # fmt: skip
 
 
@@ -261,7 +255,7 @@ def _compare_balance(fn, logits: torch.Tensor, k: int, E: int, what: str, expect
         ref_logits = logits.detach().clone().requires_grad_(True)
         (want_grad,) = torch.autograd.grad(moe.load_balancing_loss(ref_logits, k, E), ref_logits)
         if not _close(grad, want_grad, atol=1e-5, rtol=1e-4):
-            fail(f"{args} has the right value but the wrong gradient ({what}): {_first_difference(grad, want_grad)}. "
+            fail(f"{args} has the right value but the wrong gradient ({what}): {first_difference(grad, want_grad)}. "
                  "Only P_i should carry a gradient; f_i is a count of the top-k choices")  # fmt: skip
 
 
@@ -391,7 +385,7 @@ def _compare_moe(fn, x, rw, wg, wu, wd, k, what: str, expected: torch.Tensor | N
         return
     hint = _diagnose(got, _moe_mistakes(x, rw, wg, wu, wd, k), atol=max(atol, 1e-4))
     detail = f"\n  expected {_show(expected)}\n  got      {_show(got)}" if x.numel() <= 8 else ""
-    fail(f"{args} is wrong ({what}): {_first_difference(got, expected)}{hint}.{detail}")
+    fail(f"{args} is wrong ({what}): {first_difference(got, expected)}{hint}.{detail}")
 
 
 def _random_weights(g: torch.Generator, C: int, Fh: int, E: int, router_scale: float = 1.0):

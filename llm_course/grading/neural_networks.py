@@ -26,7 +26,17 @@ import torch
 from torch.nn import functional as F
 
 from llm_course import nn_basics
-from llm_course.grading import CheckFailed, _code_objects, call, fail, forbid_reference, passed, short
+from llm_course.grading import (
+    CheckFailed,
+    _code_objects,
+    call,
+    expect_tensor,
+    fail,
+    first_difference,
+    forbid_reference,
+    passed,
+    short,
+)
 
 F64 = torch.float64
 TOL = dict(atol=1e-10, rtol=1e-10)  # float64, unit-scale values, a few products deep
@@ -63,16 +73,8 @@ def _diagnose(got: torch.Tensor, mistakes: list[tuple[str, Callable[[], torch.Te
     return ""
 
 
-def _first_difference(got: torch.Tensor, want: torch.Tensor) -> str:
-    err = (got.double() - want.double()).abs()
-    index = tuple(int(i) for i in torch.nonzero(err == err.max())[0])
-    return f"at index {index} expected {want[index].item():.6g}, got {got[index].item():.6g}"
-
-
 def _tensor(fn, got, what: str) -> torch.Tensor:
-    if not isinstance(got, torch.Tensor):
-        fail(f"{fn.__name__} should return a torch.Tensor ({what}), got {type(got).__name__}: {short(got)}")
-    return got.detach()
+    return expect_tensor(fn, got, what).detach()
 
 
 def _raised(err: CheckFailed) -> str:
@@ -142,7 +144,7 @@ def _compare_linear_forward(fn, x, W, b=None, label: str = "", expected: torch.T
     if not _close(got, want, **tol):
         hint = _diagnose(got, _forward_mistakes(x, W, b), atol=1e-6, rtol=1e-6)
         small = f"\n  expected {_show(want)}\n  got      {_show(got)}" if want.numel() <= 12 else ""
-        fail(f"linear_forward({what}) is wrong: {_first_difference(got, want)}{hint}.{small}")
+        fail(f"linear_forward({what}) is wrong: {first_difference(got, want)}{hint}.{small}")
 
 
 def check_linear_forward(fn, hidden: bool = False) -> None:
@@ -282,7 +284,7 @@ def _compare_linear_backward(fn, x, W, grad_out, label: str = "", expected=None)
         if not _close(g, w):
             hint = _diagnose(g, _backward_mistakes(x, W, grad_out, i))
             small = f"\n  expected {_show(w)}\n  got      {_show(g)}" if w.numel() <= 12 else ""
-            fail(f"linear_backward({what}): {name} is wrong: {_first_difference(g, w)}{hint}.{small}")
+            fail(f"linear_backward({what}): {name} is wrong: {first_difference(g, w)}{hint}.{small}")
 
 
 def check_linear_backward(fn, hidden: bool = False) -> None:
@@ -385,7 +387,7 @@ def _compare_sgd(fn, params, grads, lr, label: str = "", expected=None) -> None:
                 f"\n  p = {_show(params[i])}, g = {_show(grads[i])}"
                 f"\n  expected {_show(want[i])}\n  got      {_show(got[i])}"
             )
-        fail(f"sgd_step({what}): new parameter {i} is wrong: {_first_difference(got[i], want[i])}{hint}.{small}")
+        fail(f"sgd_step({what}): new parameter {i} is wrong: {first_difference(got[i], want[i])}{hint}.{small}")
 
 
 def check_sgd_step(fn, hidden: bool = False) -> None:

@@ -28,7 +28,7 @@ from collections.abc import Callable
 import torch
 
 from llm_course import norms, transformer
-from llm_course.grading import call, fail, forbid_reference, passed, short
+from llm_course.grading import call, fail, first_difference, forbid_reference, passed, short
 from llm_course.rope import RotaryEmbedding
 from llm_course.transformer import Block, Transformer, TransformerConfig
 
@@ -76,12 +76,6 @@ def _diagnose(got: torch.Tensor, mistakes: list[tuple[str, Callable[[], torch.Te
     return ""
 
 
-def _first_difference(got: torch.Tensor, want: torch.Tensor) -> str:
-    err = (got.double() - want.double()).abs()
-    index = tuple(int(i) for i in torch.nonzero(err == err.max())[0])
-    return f"at index {index} expected {want[index].item():.6g}, got {got[index].item():.6g}"
-
-
 # --------------------------------------------------------------------------- layer_norm
 def _layer_norm_mistakes(x, weight, bias, eps):
     w = 1.0 if weight is None else weight
@@ -118,7 +112,7 @@ def _compare_layer_norm(fn, x, weight=None, bias=None, eps=1e-5, expected=None, 
     hint = _diagnose(got, _layer_norm_mistakes(x, weight, bias, eps))  # in x's dtype, as a student computes
     fail(
         f"layer_norm(x of shape {tuple(x.shape)}, weight={'None' if weight is None else 'given'}, "
-        f"bias={'None' if bias is None else 'given'}, eps={eps:g}) is wrong: {_first_difference(got, want)}{hint}."
+        f"bias={'None' if bias is None else 'given'}, eps={eps:g}) is wrong: {first_difference(got, want)}{hint}."
         + (f"\n  x = {_show(x)}\n  expected {_show(want)}\n  got      {_show(got)}" if x.numel() <= 8 else "")
     )
 
@@ -196,7 +190,7 @@ def _compare_rms_norm(fn, x, weight=None, eps=1e-6, expected=None) -> None:
     hint = _diagnose(got, _rms_norm_mistakes(x, weight, eps))
     fail(
         f"rms_norm(x of shape {tuple(x.shape)}, weight={'None' if weight is None else 'given'}, eps={eps:g}) "
-        f"is wrong: {_first_difference(got, want)}{hint}."
+        f"is wrong: {first_difference(got, want)}{hint}."
         + (f"\n  x = {_show(x)}\n  expected {_show(want)}\n  got      {_show(got)}" if x.numel() <= 8 else "")
     )
 
@@ -299,7 +293,7 @@ def _compare_block(fn, x, n1, a, n2, f, pre_ln: bool, want: torch.Tensor, what: 
         return
     hint = _diagnose(got, _block_mistakes(x, n1, a, n2, f, pre_ln))
     detail = f"\n  x = {_show(x)}\n  expected {_show(want)}\n  got      {_show(got)}" if x.numel() <= 8 else ""
-    fail(f"block_forward on {what} with pre_ln={pre_ln} is wrong: {_first_difference(got, want)}{hint}.{detail}")
+    fail(f"block_forward on {what} with pre_ln={pre_ln} is wrong: {first_difference(got, want)}{hint}.{detail}")
 
 
 def _randomized_block(rng: random.Random, g: torch.Generator, **overrides) -> Block:
