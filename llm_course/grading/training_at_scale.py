@@ -24,7 +24,6 @@ from __future__ import annotations
 import copy
 import math
 import random
-from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
