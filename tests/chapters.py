@@ -25,7 +25,9 @@ REGISTERED = {
     "08_generation": "tests.mutants.generation",
     "09_efficient_inference": "tests.mutants.efficient_inference",
     "10_mixture_of_experts": "tests.mutants.mixture_of_experts",
+    "11_fine_tuning": "tests.mutants.fine_tuning",
     "13_training_at_scale": "tests.mutants.training_at_scale",
+    "14_failures": "tests.mutants.failures",
 }
 
 # Chapters being written have no notebook or planted bugs yet; they join when both exist.
