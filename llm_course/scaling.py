@@ -25,12 +25,13 @@ squared relative errors), and the data-repetition laws of Muennighoff et al. (20
 
 from __future__ import annotations
 
-import dataclasses
+import ast
 import hashlib
 import inspect
 import json
 import math
 import os
+import textwrap
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -128,12 +129,15 @@ def fit_power_law(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]
 
 @dataclass(frozen=True)
 class KaplanLaws:
-    """The constants of Kaplan et al. (2020), Table 5 (and eqs. 1.1-1.5).
+    """The constants of Kaplan et al. (2020): eqs. 1.1-1.3 and Table 5.
 
     Loss in nats per token on WebText2 with GPT-2's 50257-token vocabulary and context
     1024; N counts non-embedding parameters; C_min is the compute of efficient training
     (batch well below the critical size), in PF-days. Each law holds when the other
-    resources are not the bottleneck; none has an irreducible term.
+    resources are not the bottleneck; none has an irreducible term. Checked against the paper:
+    alpha_N = 0.076, N_c = 8.8e13; alpha_D = 0.095, D_c = 5.4e13; alpha_C^min = 0.050,
+    C_c^min = 3.1e8 PF-days (its "naive" L(C) at a fixed batch size, alpha_C = 0.057 and
+    C_c = 1.6e7 PF-days, is not used here).
     """
 
     alpha_n: float = 0.076  # L(N) = (N_c / N)^alpha_n: models trained to convergence on enough data
@@ -191,8 +195,8 @@ class ChinchillaLaw:
     beta: float  # exponent of D
 
 
-#: The constants as printed in the paper (§3.3, "Approach 3"), rounded to 2 decimals for the
-#: exponents: the source of the "rounding trap" that chapter 07 computes.
+#: The constants as printed in the paper (its "Approach 3"), the exponents rounded to two
+#: decimals: the source of the "rounding trap" that chapter 07 computes.
 CHINCHILLA = ChinchillaLaw(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28)
 
 
@@ -250,7 +254,7 @@ def fit_chinchilla_law(
     ranges = [(lo, hi), (lo, hi)]  # log alpha, log beta
     best = None
     for _ in range(refinements + 1):
-        alphas, betas = (np.exp(np.linspace(a, b, grid)) for a, b in ranges)
+        alphas, betas = (np.exp(np.linspace(low, high, grid)) for low, high in ranges)
         alpha, beta = (g.ravel() for g in np.meshgrid(alphas, betas, indexing="ij"))  # (G*G,)
         # Design matrix of every grid point, each row divided by its L: (G*G, M, 3).
         X = np.stack(
@@ -268,8 +272,8 @@ def fit_chinchilla_law(
             best = (residual[i], alpha[i], beta[i], coef[i])
         # Zoom in: the next grid spans two steps of this one on each side of the best point.
         ranges = [
-            (math.log(v) - 2 * (b - a) / (grid - 1), math.log(v) + 2 * (b - a) / (grid - 1))
-            for v, (a, b) in zip(best[1:3], ranges)
+            (math.log(v) - 2 * (high - low) / (grid - 1), math.log(v) + 2 * (high - low) / (grid - 1))
+            for v, (low, high) in zip(best[1:3], ranges)
         ]
     _, a, b, (e, big_a, big_b) = best
     return ChinchillaLaw(E=float(e), A=float(big_a), B=float(big_b), alpha=float(a), beta=float(b))
@@ -322,7 +326,8 @@ def evaluate_loss(model: Transformer, ids: torch.Tensor, context_length: int, ba
     total = 0.0
     for start in range(0, n_windows, batch_size):
         logits = model(inputs[start : start + batch_size])  # (b, T, V)
-        total += F.cross_entropy(logits.flatten(0, 1).float(), targets[start : start + batch_size].flatten(), reduction="sum").item()
+        batch_targets = targets[start : start + batch_size].flatten()
+        total += F.cross_entropy(logits.flatten(0, 1).float(), batch_targets, reduction="sum").item()
     return total / (n_windows * context_length)
 
 
@@ -335,12 +340,13 @@ def train_run(
     lr: float,
     seed: int = 0,
 ) -> dict:
-    """Train a fresh `Transformer(config)` on `n_tokens` tokens of `train_ids`; return its validation loss.
+    """Train a fresh `Transformer(config)` on `n_tokens` tokens of `train_ids`; return its size, compute and losses.
 
     Batches are `batch_size` windows of `config.context_length` tokens at random offsets;
-    the schedule (warmup, cosine) spans exactly this run, as Hoffmann et al. showed it must
-    (a cosine cut short early overestimates the loss). AdamW with betas (0.9, 0.95), weight
-    decay 0.1 on matrices only, gradient clipping at 1. Runs on the device of `train_ids`.
+    the schedule (warmup, cosine) spans exactly this run, as Hoffmann et al. recommend (a
+    cosine set for a longer run overestimates the loss a run of this length can reach).
+    AdamW with betas (0.9, 0.95), weight decay 0.1 on matrices only, gradient clipping at 1.
+    Runs on the device of `train_ids`; `val_loss` is measured on all of `val_ids`.
     """
     device = train_ids.device
     T = config.context_length
@@ -383,6 +389,24 @@ def train_run(
     }
 
 
+def _source_fingerprint(source: str) -> str:
+    """Python source without its docstrings, comments or layout (`ast.dump` of the parsed code)."""
+    tree = ast.parse(textwrap.dedent(source))
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(body, list) and body and isinstance(body[0], ast.Expr):
+            if isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
+                node.body = body[1:] or [ast.Pass()]  # drop the docstring
+    return ast.dump(tree)
+
+
+# What a sweep result depends on besides its settings, part of its cache key: a change to the
+# code of the training loop or of the model trains again; an edit of their text does not.
+_TRAINING_CODE = "\n".join(
+    _source_fingerprint(inspect.getsource(f)) for f in (train_run, evaluate_loss, _lr_at, sweep_config, Transformer)
+)
+
+
 def sweep_cache_dir() -> Path:
     """Where sweep results are kept: $LLM_COURSE_CACHE/scaling, else ~/.cache/llm_course/scaling."""
     root = os.environ.get("LLM_COURSE_CACHE")
@@ -392,52 +416,50 @@ def sweep_cache_dir() -> Path:
 def run_sweep(
     train_ids: torch.Tensor,
     val_ids: torch.Tensor,
-    shapes: Sequence[tuple[int, int]],
-    token_budgets: Sequence[int],
+    plan: Sequence[tuple[int, int, int]],
     vocab_size: int,
-    context_length: int = 64,
+    context_length: int = 32,
     batch_size: int = 8,
-    lr_times_width: float = 0.15,
+    lr_times_width: float = 0.2,
     seed: int = 0,
     cache_dir: str | Path | None = None,
     verbose: bool = True,
 ) -> list[dict]:
-    """Train one model per (shape, token budget) and return a list of results (see `train_run`).
+    """Train one model per (d_model, n_layers, n_tokens) in `plan`; return their results (see `train_run`).
 
-    `shapes` are (d_model, n_layers) pairs. The peak learning rate is lr_times_width / d_model:
-    wider models need smaller steps (as in muP, Yang et al., 2022), and one learning rate for
-    all sizes would favour some of them. With `cache_dir`, the results are stored as JSON
-    under a name that hashes everything they depend on (the token ids, the settings, the
-    device type, and the source of the training loop), and a second call with the same
-    inputs reads them back instead of training.
+    The peak learning rate is lr_times_width / d_model: wider models need smaller steps (as
+    in muP, Yang et al., 2022), and one learning rate for all sizes would favour some of
+    them. With `cache_dir`, the results are stored as JSON under a name that hashes
+    everything they depend on (the token ids, the settings, the device type, and the source
+    of the training loop and the model), and a call with the same inputs reads them back
+    instead of training.
     """
     settings = dict(
-        shapes=[list(s) for s in shapes], token_budgets=list(token_budgets), vocab_size=vocab_size,
-        context_length=context_length, batch_size=batch_size, lr_times_width=lr_times_width, seed=seed, device=train_ids.device.type,
+        plan=[list(p) for p in plan], vocab_size=vocab_size, context_length=context_length,
+        batch_size=batch_size, lr_times_width=lr_times_width, seed=seed, device=train_ids.device.type,
     )  # fmt: skip
     path = None
     if cache_dir is not None:
         digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
         for ids in (train_ids, val_ids):
             digest.update(ids.cpu().numpy().astype(np.int64).tobytes())
-        for fn in (train_run, evaluate_loss, _lr_at, sweep_config, Transformer):
-            digest.update(inspect.getsource(fn).encode())
+        digest.update(_TRAINING_CODE.encode())
         path = Path(cache_dir) / f"sweep-{digest.hexdigest()[:16]}.json"
         if path.exists():
             if verbose:
-                print(f"read {path.name} from {path.parent} (delete it to train again)")
+                shown = str(path).replace(str(Path.home()), "~", 1)
+                print(f"read {len(plan)} results from {shown} (delete it to train again)")
             return json.loads(path.read_text())["runs"]
     runs = []
-    for d_model, n_layers in shapes:
+    for d_model, n_layers, n_tokens in plan:
         config = sweep_config(d_model, n_layers, vocab_size, context_length)
-        for n_tokens in token_budgets:
-            run = train_run(config, train_ids, val_ids, n_tokens, batch_size, lr_times_width / d_model, seed)
-            runs.append(run)
-            if verbose:
-                print(
-                    f"d_model {d_model:4d} x {n_layers} layers, N = {run['n_params']:>9,d}, "
-                    f"D = {run['n_tokens']:>9,d}: val loss {run['val_loss']:.3f} ({run['seconds']:.1f} s)"
-                )
+        run = train_run(config, train_ids, val_ids, n_tokens, batch_size, lr_times_width / d_model, seed)
+        runs.append(run)
+        if verbose:
+            print(
+                f"d_model {d_model:4d} x {n_layers} layers, N = {run['n_params']:>9,d}, "
+                f"D = {run['n_tokens']:>9,d}: val loss {run['val_loss']:.3f} ({run['seconds']:.1f} s)"
+            )
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
