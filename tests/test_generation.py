@@ -213,7 +213,8 @@ def test_perplexity_errors():
 def checkpoint(tmp_path_factory):
     folder = tmp_path_factory.mktemp("checkpoint")
     tok = Tokenizer.train("the cat sat on the mat. the dog sat on the log. " * 20, 280, ["<|endoftext|>"])
-    model = Transformer(dataclasses.replace(tiny(tok.n_vocab), n_layers=1, d_model=32, n_heads=2, n_kv_heads=2, context_length=32))
+    config = dataclasses.replace(tiny(tok.n_vocab), n_layers=1, d_model=32, n_heads=2, n_kv_heads=2, context_length=32)
+    model = Transformer(config)
     save_model(model, folder)
     tok.save(folder / "tokenizer.json")
     return folder

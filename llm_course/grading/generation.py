@@ -66,7 +66,8 @@ def _tensor(fn, got, what: str) -> torch.Tensor:
 
 def _expect_error(fn, args: tuple, kwargs: dict, what: str, why: str) -> None:
     """The student's function must raise ValueError on these (invalid) arguments."""
-    shown = ", ".join([f"logits{tuple(args[0].shape)}", *map(repr, args[1:])] + [f"{k}={v!r}" for k, v in kwargs.items()])
+    parts = [f"logits{tuple(args[0].shape)}", *map(repr, args[1:]), *(f"{k}={v!r}" for k, v in kwargs.items())]
+    shown = ", ".join(parts)
     try:
         with time_limit(10.0):
             fn(*[a.clone() if isinstance(a, torch.Tensor) else a for a in args], **kwargs)
@@ -95,7 +96,7 @@ def _unchanged_input(fn, logits: torch.Tensor, *args) -> None:
 # --------------------------------------------------------------------------- temperature
 def _compare_temperature(fn, logits: torch.Tensor, T: float) -> None:
     want = sampling.apply_temperature(logits, T)
-    text = f"apply_temperature(logits {_fmt(logits) if logits.numel() <= 8 else tuple(logits.shape)}, {T})"
+    text = f"apply_temperature({_logits_text(logits)}, {T})"
     got = _tensor(fn, call(fn, logits, T), "the scaled logits")
     if tuple(got.shape) != tuple(want.shape):
         fail(f"{text} should keep the shape {tuple(want.shape)}, got {tuple(got.shape)}.")
@@ -132,11 +133,12 @@ def check_apply_temperature(fn, hidden: bool = False) -> None:
             cases += 1
     _compare_temperature(fn, torch.randn(4, 9, generator=g, dtype=torch.float64), 0.3)
     _compare_temperature(fn, torch.tensor([[0.0, float("-inf"), 2.0]]), 0.5)  # a token removed earlier stays removed
-    _expect_error(fn, (torch.randn(5, generator=g), 0.0), {}, "temperature 0",
-                  "dividing by 0 gives inf and nan; temperature 0 means greedy decoding, handled by sample_next")  # fmt: skip
+    zero_why = "dividing by 0 gives inf and nan; temperature 0 means greedy decoding, handled by sample_next"
+    _expect_error(fn, (torch.randn(5, generator=g), 0.0), {}, "temperature 0", zero_why)
     _expect_error(fn, (torch.randn(5, generator=g), -0.5), {}, "a negative temperature", "it would invert the ranking")
     _unchanged_input(fn, torch.randn(3, 6, generator=g), 2.0)
-    passed(fn, f"all {cases + 2} random cases (shapes up to 3-D, T from 0.05 to 10, float64, -inf) and the errors are right")
+    what = "shapes up to 3-D, T from 0.05 to 10, float64, -inf"
+    passed(fn, f"all {cases + 2} random cases ({what}) and the errors are right")
 
 
 # --------------------------------------------------------------------------- filters (shared)
@@ -214,7 +216,9 @@ def _compare_filter(fn, logits: torch.Tensor, arg, want: torch.Tensor, text: str
 
 
 def _logits_text(logits: torch.Tensor) -> str:
-    return f"logits {_fmt(logits)}" if logits.dim() == 1 and logits.numel() <= 8 else f"logits of shape {tuple(logits.shape)}"
+    if logits.dim() == 1 and logits.numel() <= 8:
+        return f"logits {_fmt(logits)}"
+    return f"logits of shape {tuple(logits.shape)}"
 
 
 # --------------------------------------------------------------------------- top-k
@@ -228,7 +232,7 @@ def _top_k_hint(k: int):
             return ": no token is left, so the softmax would divide 0 by 0"
         if n_got == min(k, V) < n_want:
             return (
-                f": {n_want - n_got} of them tie with the k-th largest logit ({w[torch.isfinite(w)].min().item():.4g}). "
+                f": {n_want - n_got} of them are tied with the k-th largest logit ({w[torch.isfinite(w)].min().item():.4g}). "
                 "Keep every logit >= the k-th largest value (logits < kth -> -inf), not exactly k indices"
             )
         if n_got == n_want + 1:
@@ -298,7 +302,8 @@ def _top_p_hint(top_p: float):
                 "before it is < top_p (the nucleus is the smallest set whose total reaches top_p)" + table
             )
         sorted_logits = x.double()[order]
-        if torch.isfinite(sorted_logits).all() and got == set(order[(sorted_logits.cumsum(0) - sorted_logits) < top_p].tolist()):
+        logit_mass_before = sorted_logits.cumsum(0) - sorted_logits
+        if torch.isfinite(sorted_logits).all() and got == set(order[logit_mass_before < top_p].tolist()):
             return ": accumulate probabilities (the softmax of the logits), not the logits" + table
         if len(got) < int(torch.isfinite(x).sum()) and got == set(order.flip(0)[: len(got)].tolist()):
             return ": those are the least probable tokens; sort in descending order" + table
@@ -361,7 +366,8 @@ def check_top_p_filter(fn, hidden: bool = False) -> None:
     _compare_top_p(fn, logits, _safe_top_p(logits, 0.75))
     _expect_error(fn, (torch.randn(6, generator=g), -0.2), {}, "top_p = -0.2", "top_p must be in (0, 1]")
     _unchanged_input(fn, torch.randn(3, 8, generator=g), 0.6)
-    passed(fn, f"all {cases + 5} random and edge cases (3 scales, top_p from 0.05 to 1, float64, after top-k) are right")
+    what = "3 scales, top_p from 0.05 to 1, float64, after top-k"
+    passed(fn, f"all {cases + 5} random and edge cases ({what}) are right")
 
 
 # --------------------------------------------------------------------------- sample_next
@@ -497,7 +503,8 @@ def _check_distribution(fn, base: torch.Tensor, T, k, p, seed: int) -> None:
             j = outside[0]
             fail(
                 f"{text}{where}: token {j} was drawn {int(counts[j])} times out of {int(counts.sum())}, but after "
-                f"temperature -> top-k -> top-p it has probability 0 ({shown}).{_distribution_hint(counts, row, T, k, p)}"
+                f"temperature -> top-k -> top-p it has probability 0 ({shown})."
+                + _distribution_hint(counts, row, T, k, p)
             )
         p_value = chi_square_p_value(counts, probs)
         if p_value < SIGNIFICANCE:
@@ -611,7 +618,8 @@ def _windows_text(windows: list) -> str:
 
 def _scaled_transformer(seed: int, **changes) -> Transformer:
     """A small random transformer with weights 10x GPT-2's: its predictions depend on the context."""
-    config = TransformerConfig(**{**dict(vocab_size=160, context_length=16, d_model=32, n_layers=2, n_heads=2), **changes})
+    sizes = dict(vocab_size=160, context_length=16, d_model=32, n_layers=2, n_heads=2)
+    config = TransformerConfig(**{**sizes, **changes})
     model = Transformer(config, generator=_gen(seed)).eval()
     with torch.no_grad():
         for name, param in model.named_parameters():
@@ -641,10 +649,13 @@ def _ppl_variants(model, ids, L, stride) -> list[tuple[str, float]]:
         scored.append(window[start - begin :])
         start = begin + len(window)
     per_window = [math.exp(w.mean().item()) for w in scored if len(w)]
-    out.append(("exp of the mean over every prediction of every window: overlapping predictions were counted "
-                "again; each window scores only the tokens no earlier window scored", math.exp(torch.cat(every).mean().item())))  # fmt: skip
-    out.append(("the mean of the windows' perplexities: average the NLL over all tokens first, then take exp",
-                sum(per_window) / len(per_window)))  # fmt: skip
+    every_why = (
+        "exp of the mean over every prediction of every window: overlapping predictions were counted again; "
+        "each window scores only the tokens no earlier window scored"
+    )
+    out.append((every_why, math.exp(torch.cat(every).mean().item())))
+    windows_why = "the mean of the windows' perplexities: average the NLL over all tokens first, then take exp"
+    out.append((windows_why, sum(per_window) / len(per_window)))
     return out
 
 
@@ -670,8 +681,9 @@ def _compare_perplexity(fn, model: nn.Module, ids: torch.Tensor, L, stride, labe
             "input predicts the token after it, so the last window ends one token before the end."
         )
     if not math.isfinite(got):
-        fail(f"{text} should be {want:.4f}, got {got}: average the negative log-likelihoods (do not sum them) before exp.")
-    for why, value in _ppl_variants(model, ids, L or model.config.context_length, stride or L or model.config.context_length):
+        fail(f"{text} should be {want:.4f}, got {got}: average the negative log-likelihoods (not sum) before exp.")
+    L = L or model.config.context_length
+    for why, value in _ppl_variants(model, ids, L, stride or L):
         if math.isclose(got, value, rel_tol=1e-4):
             fail(f"{text} should be {want:.4f}, got {got:.4f}, which is {why}.")
     fail(
@@ -691,7 +703,8 @@ def _check_perplexity(fn, hidden: bool) -> None:
     if not hidden:
         # 1. A model whose logits are all 0 predicts uniformly: the perplexity is V = 7, whatever the windows.
         uniform = _PositionModel(vocab_size=7, context_length=8, slope=0.0)
-        _compare_perplexity(fn, uniform, torch.randint(0, 7, (20,), generator=_gen(50)), 8, 4, " (uniform model, V = 7)")
+        ids = torch.randint(0, 7, (20,), generator=_gen(50))
+        _compare_perplexity(fn, uniform, ids, 8, 4, " (uniform model, V = 7)")
         # 2. The worked example: 9 zeros, windows of 4 moved by 2, token 0's logit = position in window.
         position = _PositionModel(vocab_size=4, context_length=4)
         _compare_perplexity(fn, position, torch.zeros(9, dtype=torch.long), 4, 2, " (the worked example)")
@@ -706,7 +719,8 @@ def _check_perplexity(fn, hidden: bool) -> None:
     for seed, changes in [(60, {}), (61, dict(norm="rmsnorm", activation="swiglu", position="rope", bias=False))]:
         model = _scaled_transformer(seed, **changes)
         g = _gen(seed + 100)
-        for N, L, stride in [(100, 16, 1), (100, 16, 5), (101, 16, 8), (97, 16, 16), (40, 8, 3), (17, 16, 4), (9, 16, 16), (2, 8, 1)]:
+        shapes = [(100, 16, 1), (100, 16, 5), (101, 16, 8), (97, 16, 16), (40, 8, 3), (17, 16, 4), (9, 16, 16), (2, 8, 1)]
+        for N, L, stride in shapes:
             _compare_perplexity(fn, model, torch.randperm(160, generator=g)[:N], L, stride)
             cases += 1
     model = _scaled_transformer(62)
