@@ -29,7 +29,17 @@ import torch
 from torch import nn
 
 from llm_course import generation, sampling
-from llm_course.grading import CheckFailed, TimeLimitExceeded, call, fail, forbid_reference, passed, short, time_limit
+from llm_course.grading import (
+    CheckFailed,
+    TimeLimitExceeded,
+    call,
+    expect_tensor,
+    fail,
+    forbid_reference,
+    passed,
+    short,
+    time_limit,
+)
 from llm_course.transformer import Transformer, TransformerConfig
 
 SIGNIFICANCE = 1e-4  # chi-square tests: a correct sampler fails one this rarely (and the seeds are fixed)
@@ -56,12 +66,6 @@ def _fmt(values) -> str:
     if isinstance(values, torch.Tensor):
         values = values.flatten().tolist()
     return short([v if not isinstance(v, float) or not math.isfinite(v) else round(v, 4) for v in values], 100)
-
-
-def _tensor(fn, got, what: str) -> torch.Tensor:
-    if not isinstance(got, torch.Tensor):
-        fail(f"{fn.__name__} should return a torch.Tensor ({what}), got {type(got).__name__}: {short(got)}")
-    return got
 
 
 def _expect_error(fn, args: tuple, kwargs: dict, what: str, why: str) -> None:
@@ -97,7 +101,7 @@ def _unchanged_input(fn, logits: torch.Tensor, *args) -> None:
 def _compare_temperature(fn, logits: torch.Tensor, T: float) -> None:
     want = sampling.apply_temperature(logits, T)
     text = f"apply_temperature({_logits_text(logits)}, {T})"
-    got = _tensor(fn, call(fn, logits, T), "the scaled logits")
+    got = expect_tensor(fn, call(fn, logits, T), "the scaled logits")
     if tuple(got.shape) != tuple(want.shape):
         fail(f"{text} should keep the shape {tuple(want.shape)}, got {tuple(got.shape)}.")
     got = got.detach()
@@ -154,7 +158,7 @@ def _compare_filter(fn, logits: torch.Tensor, arg, want: torch.Tensor, text: str
         if on_error:
             fail(f"{err}. {on_error}")
         raise
-    got = _tensor(fn, got, "the filtered logits, same shape as the input")
+    got = expect_tensor(fn, got, "the filtered logits, same shape as the input")
     if tuple(got.shape) != tuple(want.shape):
         extra = ""
         if got.shape[:-1] == want.shape[:-1] and got.shape[-1] < want.shape[-1]:
@@ -372,7 +376,7 @@ def check_top_p_filter(fn, hidden: bool = False) -> None:
 
 # --------------------------------------------------------------------------- sample_next
 def _ids(fn, got, shape: tuple, V: int, text: str) -> torch.Tensor:
-    got = _tensor(fn, got, f"token ids of shape {shape}")
+    got = expect_tensor(fn, got, f"token ids of shape {shape}")
     if tuple(got.shape) != shape:
         hint = ""
         if tuple(got.shape) == (*shape, 1):
