@@ -30,7 +30,6 @@ import hashlib
 import inspect
 import json
 import math
-import os
 import textwrap
 import time
 from collections.abc import Sequence
@@ -42,6 +41,7 @@ import torch
 from torch.nn import functional as F
 
 from llm_course.transformer import Transformer, TransformerConfig, parameter_breakdown
+from llm_course.utils import cache_dir
 
 #: One petaflop/s-day, the compute unit of Kaplan et al.: 10^15 FLOP/s for 24 hours.
 PF_DAY = 1e15 * 24 * 3600
@@ -408,9 +408,8 @@ _TRAINING_CODE = "\n".join(
 
 
 def sweep_cache_dir() -> Path:
-    """Where sweep results are kept: $LLM_COURSE_CACHE/scaling, else ~/.cache/llm_course/scaling."""
-    root = os.environ.get("LLM_COURSE_CACHE")
-    return (Path(root).expanduser() if root else Path.home() / ".cache" / "llm_course") / "scaling"
+    """Where sweep results are kept: `utils.cache_dir("scaling")`."""
+    return cache_dir("scaling")
 
 
 def run_sweep(

@@ -3,12 +3,14 @@
 `get_device` is the only place that chooses hardware (CUDA, then Apple's MPS, then
 the CPU); library code never calls it. `set_seed` seeds every random generator the
 course uses, so a chapter's first cell makes the whole page reproducible.
+`cache_dir` is where trained models and experiment results are kept between runs.
 """
 
 from __future__ import annotations
 
 import os
 import random
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -48,3 +50,13 @@ def set_seed(seed: int = 0) -> torch.Generator:
         torch.cuda.manual_seed_all(seed)
     os.environ["PYTHONHASHSEED"] = str(seed)  # inherited by child processes only
     return torch.Generator().manual_seed(seed)
+
+
+def cache_dir(*parts: str) -> Path:
+    """The course's cache folder: ``$LLM_COURSE_CACHE`` if set, else ``~/.cache/llm_course``, joined with `parts`.
+
+    Models trained once (chapter 06's pretrained model, the scaling sweep, ...) live here so
+    that later chapters and rebuilds of the book reuse them. Nothing is created here.
+    """
+    root = os.environ.get("LLM_COURSE_CACHE") or Path.home() / ".cache" / "llm_course"
+    return Path(root).expanduser().joinpath(*parts)

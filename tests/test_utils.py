@@ -43,3 +43,14 @@ def test_set_seed_seeds_cuda():
     a = torch.rand(3, device="cuda")
     set_seed(7)
     assert torch.equal(a, torch.rand(3, device="cuda"))
+
+
+def test_cache_dir_follows_the_environment(monkeypatch, tmp_path):
+    from pathlib import Path
+
+    from llm_course.utils import cache_dir
+
+    monkeypatch.setenv("LLM_COURSE_CACHE", str(tmp_path))
+    assert cache_dir("scaling", "x.json") == tmp_path / "scaling" / "x.json"
+    monkeypatch.delenv("LLM_COURSE_CACHE")
+    assert cache_dir() == Path.home() / ".cache" / "llm_course"
