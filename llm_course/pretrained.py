@@ -37,6 +37,7 @@ from llm_course.data import load_corpus
 from llm_course.tokenizer import Tokenizer
 from llm_course.trainer import TrainConfig, Trainer, encode_split
 from llm_course.transformer import Transformer, TransformerConfig, tiny
+from llm_course.utils import cache_dir
 
 END_OF_TEXT = "<|endoftext|>"
 
@@ -68,7 +69,7 @@ def tiny_recipe() -> Recipe:
         name="tiny",
         vocab_size=vocab_size,
         model=tiny(vocab_size),
-        train=TrainConfig(batch_size=16, seq_len=128, max_steps=300, lr=1e-3, warmup_steps=30, eval_interval=50,
+        train=TrainConfig(batch_size=16, seq_len=128, max_steps=300, lr=2e-3, warmup_steps=30, eval_interval=50,
                           eval_batches=6, weight_decay=0.1, grad_clip=1.0, seed=0),  # fmt: skip
         note="the course's small model: 4 layers, 128 wide, trained on the CPython documentation",
     )
@@ -78,8 +79,8 @@ RECIPES = {"tiny": tiny_recipe}
 
 
 def cache_root() -> Path:
-    """$LLM_COURSE_CACHE, or ~/.cache/llm_course."""
-    return Path(os.environ.get("LLM_COURSE_CACHE") or Path.home() / ".cache" / "llm_course").expanduser()
+    """$LLM_COURSE_CACHE, or ~/.cache/llm_course (`utils.cache_dir`)."""
+    return cache_dir()
 
 
 def _recipe(recipe: str | Recipe) -> Recipe:
@@ -134,7 +135,9 @@ def _file_lock(path: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def train_recipe(recipe: Recipe, out: Path, device: torch.device | str = "cpu", progress: bool = False, log=print) -> dict:
+def train_recipe(
+    recipe: Recipe, out: Path, device: torch.device | str = "cpu", progress: bool = False, log=print
+) -> dict:
     """Train `recipe` from scratch and write the model, tokenizer and info.json to `out`; returns the info."""
     start = time.perf_counter()
     text = load_corpus(recipe.corpus)
@@ -165,13 +168,14 @@ def train_recipe(recipe: Recipe, out: Path, device: torch.device | str = "cpu", 
 
 def load_pretrained(
     name: str | Recipe = "tiny",
-    device: torch.device | str = "cpu",
+    device: torch.device | str | None = None,
     cache: str | Path | None = None,
     train_device: torch.device | str = "cpu",
     progress: bool = False,
     log=print,
 ) -> tuple[Transformer, Tokenizer]:
-    """(model, tokenizer) of the course's pretrained model `name` (or a `Recipe`), on `device`, in eval mode.
+    """(model, tokenizer) of the course's pretrained model `name` (or a `Recipe`), in eval mode,
+    on `device` (None: the CPU).
 
     Trained on `train_device` the first time (and written to the cache), read from the cache
     afterwards. `log` receives the training's lines (None: silent).
@@ -193,7 +197,7 @@ def load_pretrained(
                     tmp.rename(final)
                 finally:
                     shutil.rmtree(tmp, ignore_errors=True)
-    model = load_model(final, device).eval()
+    model = load_model(final, device if device is not None else "cpu").eval()
     return model, Tokenizer.load(final / "tokenizer.json")
 
 

@@ -16,7 +16,9 @@ Implements
   A step whose loss or norm is not finite, or is more than `threshold` standard deviations
   above the recent mean, is not applied; after `spike_patience` bad steps in a row (or at
   once with spike_action="rollback") the trainer rolls back to the last checkpoint taken
-  before the trouble began and goes on with fresh data (PaLM, Chowdhery et al., 2022, §5.1);
+  before the trouble began and goes on with fresh data (PaLM, Chowdhery et al., 2022, §5.1).
+  With no such checkpoint, finite values are taken as a new level (the update is applied,
+  the statistics restart), and NaN/inf stops the run: a NaN never reaches the weights;
 - `flops_per_token`, `peak_flops` and model FLOPs utilization (MFU; PaLM, appendix B);
 - `sample_text`, a minimal sampler to watch training (chapter 08 builds the real ones);
 - the command `python -m llm_course train`.
@@ -220,6 +222,10 @@ class SpikeDetector:
                 )
         return "; ".join(reasons) or None
 
+    def reset(self) -> None:
+        self.losses.clear()
+        self.norms.clear()
+
     def accept(self, loss: float, norm: float) -> None:
         self.losses.append(loss)
         self.norms.append(norm)
@@ -228,8 +234,9 @@ class SpikeDetector:
         return {"losses": list(self.losses), "norms": list(self.norms)}
 
     def load_state_dict(self, state: dict) -> None:
-        self.losses.clear(), self.norms.clear()
-        self.losses.extend(state["losses"]), self.norms.extend(state["norms"])
+        self.reset()
+        self.losses.extend(state["losses"])
+        self.norms.extend(state["norms"])
 
 
 # ---------------------------------------------------------------------------------------
@@ -309,7 +316,9 @@ class Trainer:
         self.log, self.progress = log, progress
         torch.manual_seed(c.seed)  # dropout and anything else that draws from torch's generator
         self.data = TokenBatches(train_tokens, c.batch_size, c.seq_len, c.seed)
-        self.val_data = None if val_tokens is None else eval_batches(val_tokens, c.batch_size, c.seq_len, c.eval_batches)
+        self.val_data = None
+        if val_tokens is not None:
+            self.val_data = eval_batches(val_tokens, c.batch_size, c.seq_len, c.eval_batches)
         groups = decay_groups(model, c.weight_decay)
         hyper = dict(lr=c.lr, betas=(c.beta1, c.beta2), eps=c.eps)
         self.optimizer = torch.optim.AdamW(groups, **hyper, fused=True) if c.fused_adamw else AdamW(groups, **hyper)
@@ -321,7 +330,8 @@ class Trainer:
         self.step = 0  # optimizer steps done (the schedule's position; goes back on a rollback)
         self.iteration = 0  # batches of steps processed, applied or not (never goes back)
         self.bad_streak, self.first_bad_step, self.rollbacks = 0, None, 0
-        self.history: dict[str, list] = {k: [] for k in ("iteration", "step", "loss", "grad_norm", "lr", "tokens_per_s", "action")}
+        keys = ("iteration", "step", "loss", "grad_norm", "lr", "tokens_per_s", "action")
+        self.history: dict[str, list] = {k: [] for k in keys}  # one entry per train_step
         self.val_history: dict[str, list] = {"step": [], "iteration": [], "loss": []}
         self.events: list[str] = []  # the lines about spikes, skips and rollbacks
         self._bar = None
@@ -381,12 +391,12 @@ class Trainer:
 
         reason = self.detector.check(loss_value, norm_value)
         step = self.step
-        if reason is None:
+        finite = math.isfinite(loss_value) and math.isfinite(norm_value)
+        action = "update" if reason is None else self._handle_bad_step(reason, finite)
+        if action in ("update", "restart"):
             self.optimizer.step()
             self.detector.accept(loss_value, norm_value)
-            self.bad_streak, self.first_bad_step, action = 0, None, "update"
-        else:
-            action = self._handle_bad_step(reason)
+            self.bad_streak, self.first_bad_step = 0, None
         self.optimizer.zero_grad(set_to_none=True)
         if action != "rollback":
             self.step += 1
@@ -398,7 +408,9 @@ class Trainer:
             self.history[key].append(value)
         return record
 
-    def _handle_bad_step(self, reason: str) -> str:
+    def _handle_bad_step(self, reason: str, finite: bool) -> str:
+        """Decide what a bad step does: "skip" it, "rollback", or (finite values, nothing to roll
+        back to, patience used up) "restart" the statistics and apply it."""
         c = self.config
         self.bad_streak += 1
         if self.first_bad_step is None:
@@ -409,10 +421,19 @@ class Trainer:
                 self._rollback(target, reason)
                 return "rollback"
             if self.bad_streak >= c.spike_patience:
-                raise RuntimeError(
-                    f"step {self.step}: {self.bad_streak} bad steps in a row ({reason}) and no checkpoint from "
-                    "before them to roll back to; give the trainer an out_dir and a checkpoint_interval"
+                if not finite:
+                    raise RuntimeError(
+                        f"step {self.step}: {self.bad_streak} bad steps in a row ({reason}) and no checkpoint from "
+                        "before them to roll back to; give the trainer an out_dir and a checkpoint_interval"
+                    )
+                # Finite, persistent and nothing to go back to: a new level rather than an accident.
+                self.say(
+                    f"step {self.step}: {reason}; {self.bad_streak} bad steps in a row and no checkpoint from before "
+                    "them: applied this update and restarted the statistics from here",
+                    event=True,
                 )
+                self.detector.reset()
+                return "restart"
         self.say(f"step {self.step}: skipped the update: {reason}", event=True)
         return "skip"
 
@@ -420,8 +441,8 @@ class Trainer:
         """The newest checkpoint taken before the first bad step of this streak.
 
         A checkpoint of step s holds the weights after s updates. The first bad step t saw the
-        weights after t updates, so the last one that may have damaged them is update t; a
-        checkpoint with s < t is from before it.
+        weights after t updates; the latest of them may be the one that did the damage, so the
+        target is a checkpoint with s < t, taken before it.
         """
         older = [p for s, p in self.checkpoints() if s < self.first_bad_step]
         return older[-1] if older else None
@@ -433,6 +454,9 @@ class Trainer:
         bad_from = self.first_bad_step
         now = self.step
         self.load_checkpoint(target, restore_data=False)  # fresh data: the batches that led here are skipped
+        for step, newer in self.checkpoints():
+            if step > self.step:  # from the abandoned path: a resume must not pick them up
+                shutil.rmtree(newer, ignore_errors=True)
         self.say(
             f"step {now}: {reason}; {self.bad_streak} bad step(s) in a row since step {bad_from}: rolled back to "
             f"the checkpoint of step {self.step} ({target.name}); the data goes on from where it was",
@@ -483,9 +507,10 @@ class Trainer:
                     self._bar.update(self.step)
                     continue
                 self._bar.update(1)
-                postfix = {"loss": f"{record['loss']:.3f}", "tok/s": f"{record['tokens_per_s']:,.0f}", "lr": f"{record['lr']:.2e}"}
+                speed = record["tokens_per_s"]
+                postfix = {"loss": f"{record['loss']:.3f}", "tok/s": f"{speed:,.0f}", "lr": f"{record['lr']:.2e}"}
                 if self.peak_flops:
-                    postfix["mfu"] = f"{record['tokens_per_s'] * self.flops_per_token / self.peak_flops:.1%}"
+                    postfix["mfu"] = f"{self.mfu(speed):.1%}"
                 self._bar.set_postfix(postfix, refresh=False)
                 done = self.step == until
                 if self.val_data is not None:
@@ -564,7 +589,8 @@ class Trainer:
         rng = load_file(path / "trainer_state.safetensors")
         torch.set_rng_state(rng["torch"])
         if torch.cuda.is_available() and "cuda.0" in rng:
-            torch.cuda.set_rng_state_all([rng[f"cuda.{i}"] for i in range(torch.cuda.device_count()) if f"cuda.{i}" in rng])
+            states = [rng[f"cuda.{i}"] for i in range(torch.cuda.device_count()) if f"cuda.{i}" in rng]
+            torch.cuda.set_rng_state_all(states)
         version, state_list, gauss = meta["rng"]["python"]
         random.setstate((version, tuple(state_list), gauss))
         name, keys, pos, has_gauss, cached = meta["rng"]["numpy"]
@@ -643,6 +669,9 @@ def sample_text(
 # ---------------------------------------------------------------------------------------
 
 
+PRESETS = ("tiny", "llama_tiny", "gpt2_small")  # functions of llm_course.transformer that take a vocabulary size
+
+
 def _run(args: argparse.Namespace) -> int:
     from llm_course import transformer
     from llm_course.data import load_corpus
@@ -667,15 +696,14 @@ def _run(args: argparse.Namespace) -> int:
         print(f"resumed {out} at step {trainer.step} of {trainer.config.max_steps} on {device}")
     else:
         if any(out.glob("step_*/trainer.json")):
-            raise ValueError(f"{out} already holds checkpoints: pass --resume to continue that run, or choose another --out")
+            raise ValueError(f"{out} already holds checkpoints: pass --resume to continue that run, or another --out")
         if args.tokenizer:
             tokenizer = Tokenizer.load(args.tokenizer)
         else:
             train_text = text[: int(len(text) * (1 - args.val_fraction))]
             tokenizer = Tokenizer.train(train_text, args.vocab_size - 1, special_tokens=["<|endoftext|>"])
         train_tokens, val_tokens = encode_split(text, tokenizer, args.val_fraction)
-        presets = {"tiny": transformer.tiny, "llama_tiny": transformer.llama_tiny, "gpt2_small": transformer.gpt2_small}
-        model_config = presets[args.preset](tokenizer.n_vocab)
+        model_config = getattr(transformer, args.preset)(tokenizer.n_vocab)
         model_config.use_fused_attention = args.fused_attention
         seq_len = args.seq_len or model_config.context_length
         config = TrainConfig(
@@ -694,7 +722,8 @@ def _run(args: argparse.Namespace) -> int:
         n = sum(p.numel() for p in model.parameters())
         print(
             f"training {args.preset} ({n:,} parameters) on {len(train_tokens):,} tokens "
-            f"({len(val_tokens):,} held out) for {config.max_steps} steps of {config.tokens_per_step:,} tokens on {device}"
+            f"({len(val_tokens):,} held out) for {config.max_steps} steps of {config.tokens_per_step:,} tokens "
+            f"on {device}"
         )
     start = time.perf_counter()
     trainer.train()
@@ -706,7 +735,8 @@ def _run(args: argparse.Namespace) -> int:
     if trainer.val_history["loss"]:
         print(f"validation loss {trainer.val_history['loss'][-1]:.4f}; checkpoint in {trainer.checkpoints()[-1][1]}")
     if args.sample is not None:
-        text = sample_text(trainer.model, tokenizer, args.sample, 80, generator=torch.Generator().manual_seed(args.seed))
+        generator = torch.Generator().manual_seed(args.seed)
+        text = sample_text(trainer.model, tokenizer, args.sample, 80, generator=generator)
         print(f"sample: {args.sample}{text}")
     return 0
 
@@ -718,7 +748,7 @@ def add_command(subparsers) -> None:
         description="Pretrain a GPT-style model on the default corpus (the CPython docs) or any text, "
         "writing checkpoints to --out; --resume continues a stopped run exactly.",
     )
-    parser.add_argument("--preset", default="tiny", choices=["tiny", "llama_tiny", "gpt2_small"], help="model (default: tiny)")
+    parser.add_argument("--preset", default="tiny", choices=PRESETS, help="model (default: tiny)")
     parser.add_argument("--corpus", type=Path, default=None, help="text file or folder (default: the CPython docs)")
     parser.add_argument("--tokenizer", type=Path, help="a tokenizer JSON to use instead of training one")
     parser.add_argument("--vocab-size", type=int, default=4096, help="vocabulary of a new tokenizer (default: 4096)")
@@ -743,5 +773,5 @@ def add_command(subparsers) -> None:
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     parser.add_argument("--sample", default=None, help="print a continuation of this prompt at the end")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument("--pretrained", metavar="NAME", help="train (or find in the cache) the course's model NAME, e.g. tiny")
+    parser.add_argument("--pretrained", metavar="NAME", help="train, or find in the cache, the course's model NAME (tiny)")
     parser.set_defaults(func=_run)

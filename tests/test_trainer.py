@@ -279,6 +279,26 @@ def test_damaged_weights_are_rolled_back(tmp_path, action):
     assert good[-1] < good[0] - 0.5  # training recovered
 
 
+class NewLevel(PlantedBatch):
+    """From step 12 on, every batch is the planted one: the data has changed for good."""
+
+    def get_batch(self):
+        self.bad_step = max(self.step, 12)
+        return super().get_batch()
+
+
+def test_a_lasting_new_level_without_checkpoints_restarts_the_statistics():
+    model = Transformer(model_config(), generator=torch.Generator().manual_seed(0))
+    config = TrainConfig(batch_size=4, seq_len=16, max_steps=20, lr=3e-3, warmup_steps=3, eval_interval=0,
+                         spike_min_history=8, spike_threshold=4.0, spike_patience=3)  # fmt: skip
+    lines = []
+    trainer = NewLevel(model, config, tokens(3000), log=lines.append)
+    trainer.train()
+    assert trainer.history["action"][12:15] == ["skip", "skip", "restart"]
+    assert "restarted the statistics" in lines[-1] or "restarted the statistics" in trainer.events[2]
+    assert trainer.history["action"][15:] == ["update"] * 5
+
+
 def test_no_checkpoint_to_roll_back_to_raises():
     model = Transformer(model_config(), generator=torch.Generator().manual_seed(0))
     config = TrainConfig(batch_size=4, seq_len=16, max_steps=10, eval_interval=0, spike_threshold=0, spike_patience=2)
@@ -336,6 +356,8 @@ def test_cli_help():
     assert proc.returncode == 0
     for option in ("--corpus", "--steps", "--resume", "--compile", "--fused-adamw", "--precision", "--pretrained"):
         assert option in proc.stdout
+    proc = run_cli("train", "--pretrained", "huge")
+    assert proc.returncode == 2 and "no pretrained model called 'huge'" in proc.stderr
 
 
 @pytest.mark.slow
@@ -353,3 +375,21 @@ def test_cli_trains_writes_a_checkpoint_and_resumes(tmp_path):
     assert again.returncode == 2 and "already holds checkpoints" in again.stderr
     resumed = run_cli("train", *common, "--resume", "--device", "cpu")
     assert resumed.returncode == 0 and "resumed" in resumed.stdout and "step 6 of 6" in resumed.stdout
+
+
+# --------------------------------------------------------------------------- GPU
+@pytest.mark.cuda
+def test_cuda_fast_path_bf16_compile_fused(tmp_path):
+    """bf16 autocast, fused attention, torch.compile and fused AdamW together; MFU is reported."""
+    model = Transformer(model_config(use_fused_attention=True), generator=torch.Generator().manual_seed(0)).cuda()
+    config = TrainConfig(batch_size=4, seq_len=16, max_steps=6, lr=3e-3, warmup_steps=2, eval_interval=3,
+                         eval_batches=1, compile=True, fused_adamw=True, checkpoint_interval=3)  # fmt: skip
+    trainer = Trainer(model, config, tokens(3000), tokens(400, seed=1), out_dir=tmp_path, log=None)
+    assert trainer.use_bf16
+    trainer.train()
+    assert all(math.isfinite(x) for x in trainer.history["loss"]) and trainer.history["action"] == ["update"] * 6
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    resumed = Trainer.resume(tmp_path, tokens(3000), tokens(400, seed=1), device="cuda", log=None)
+    assert resumed.step == 6 and isinstance(resumed.optimizer, torch.optim.AdamW)
+    if peak_flops("cuda") is not None:
+        assert 0 < trainer.mfu(1e6) < 1
