@@ -16,6 +16,8 @@ PIP := $(PY) -m pip install -q --disable-pip-version-check
 QUIET := 2>&1 | { grep -v '^WARNING: Location' || true; }
 MATHJAX_VERSION := 3.2.2
 PYTEST_WORKERS ?= 2
+# nbgrader runs tools of the environment (alembic) as commands: put the venv first on PATH.
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .PHONY: book test exercises bench clean
 

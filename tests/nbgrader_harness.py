@@ -10,6 +10,7 @@ the whole batch, and read every cell's score from the gradebook.
 from __future__ import annotations
 
 import copy
+import os
 import re
 import shutil
 import subprocess
@@ -91,12 +92,15 @@ class Course:
         shutil.copytree(ROOT / "solutions" / chapter, self.path / "solutions" / chapter)
 
     def nbgrader(self, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+        # nbgrader calls `alembic` as a command: this interpreter's scripts must come first on PATH.
+        env = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
         proc = subprocess.run(
             [sys.executable, "-m", "nbgrader", *args],
             cwd=self.path,
             capture_output=True,
             text=True,
             timeout=timeout,
+            env=env,
         )
         if proc.returncode != 0:
             raise AssertionError(f"nbgrader {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
