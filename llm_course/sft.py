@@ -1,0 +1,272 @@
+"""Supervised fine-tuning (SFT): instruction data, a chat template, the loss on the response (chapter 11).
+
+- `make_instructions(n, words, seed)`: a small, seeded, synthetic instruction set. Each example
+  asks for one of a few string operations on words taken from the corpus (the CPython
+  documentation), e.g. "Last word: list tuple dict" -> "dict", "Repeat twice: yield" ->
+  "yield yield". The answers are exact, so "did the model follow the instruction" is an exact
+  match; `split_words` keeps the words of the held-out examples out of the training ones.
+- The chat template: "<|user|>" instruction "<|assistant|>" " " response "<|endoftext|>", with
+  `<|user|>` and `<|assistant|>` added to the tokenizer as special tokens (`add_chat_tokens`)
+  and the model's embedding grown to match (`resize_token_embeddings`, tied head kept tied).
+- `encode_example` -> (input ids, targets, response mask); `masked_sft_loss`: cross-entropy on
+  the response tokens only (the prompt is given, not predicted); `collate` pads a batch.
+- `sft_train(model, examples, ...)`: AdamW on whatever parameters require gradients (all of
+  them: full fine-tuning; only adapters after `lora.apply_lora`: LoRA; adapters on an int4
+  base after `quantization.quantize_model`: QLoRA).
+
+Left out: multi-turn conversations and system prompts, packing several examples per row,
+and real (human-written) instruction data.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from llm_course.generation import generate
+from llm_course.losses import cross_entropy
+from llm_course.tokenizer import Tokenizer
+
+USER, ASSISTANT, END = "<|user|>", "<|assistant|>", "<|endoftext|>"
+
+# The tasks: name -> (instruction prefix, number of words, answer from the words).
+TASKS = {
+    "last": ("Last word:", 3, lambda w: w[-1]),
+    "first": ("First word:", 3, lambda w: w[0]),
+    "repeat": ("Repeat twice:", 1, lambda w: f"{w[0]} {w[0]}"),
+    "swap": ("Swap:", 2, lambda w: f"{w[1]} {w[0]}"),
+}
+
+
+@dataclass(frozen=True)
+class Example:
+    """One instruction and its exact answer."""
+
+    task: str  # a key of TASKS
+    instruction: str  # what the user writes
+    response: str  # what the assistant should answer
+
+
+def corpus_words(text: str, n: int = 400, min_len: int = 3) -> list[str]:
+    """The `n` most frequent lowercase words (letters only, at least `min_len`) of `text`, sorted."""
+    counts = Counter(w for w in re.findall(r"\b[a-z]+\b", text) if len(w) >= min_len)
+    return sorted(w for w, _ in counts.most_common(n))
+
+
+def split_words(words: list[str], held_out: float = 0.25, seed: int = 0) -> tuple[list[str], list[str]]:
+    """Shuffle `words` with `seed` and split them into (train words, held-out words)."""
+    shuffled = sorted(words)
+    random.Random(seed).shuffle(shuffled)
+    k = int(len(shuffled) * held_out)
+    return shuffled[k:], shuffled[:k]
+
+
+def make_instructions(n: int, words: list[str], seed: int = 0, tasks: tuple[str, ...] = tuple(TASKS)) -> list[Example]:
+    """`n` examples, tasks in turn, words drawn (distinct within an example) from `words` with `seed`."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        task = tasks[i % len(tasks)]
+        prefix, k, answer = TASKS[task]
+        picked = rng.sample(words, k)
+        out.append(Example(task, f"{prefix} {' '.join(picked)}", answer(picked)))
+    return out
+
+
+# --------------------------------------------------------------------------- template and tokens
+def add_chat_tokens(tokenizer: Tokenizer) -> dict[str, int]:
+    """Give `tokenizer` the special tokens <|user|> and <|assistant|> (ids after the last one); returns them.
+
+    Idempotent: tokens it already has keep their ids."""
+    new = [t for t in (USER, ASSISTANT) if t not in tokenizer.special_tokens]
+    first = tokenizer.n_vocab
+    tokenizer.add_special_tokens({t: first + i for i, t in enumerate(new)})
+    return {t: tokenizer.special_tokens[t] for t in (USER, ASSISTANT)}
+
+
+@torch.no_grad()
+def resize_token_embeddings(model: nn.Module, new_vocab: int, init_from: dict[int, list[int]] | None = None) -> nn.Module:
+    """Grow (in place) the token embedding and output head of a `Transformer` to `new_vocab` ids.
+
+    The old rows are kept; each new row starts at the mean of the old ones (a neutral token), or,
+    for a new id listed in `init_from` ({new id: [old ids]}), at the mean of those rows. A tied
+    head stays tied to the new embedding."""
+    emb = model.token_embedding
+    old_vocab, d_model = emb.weight.shape
+    if new_vocab < old_vocab:
+        raise ValueError(f"new_vocab ({new_vocab}) is smaller than the current vocabulary ({old_vocab})")
+    tied = model.lm_head.weight is emb.weight
+    weight = torch.empty(new_vocab, d_model, dtype=emb.weight.dtype, device=emb.weight.device)
+    weight[:old_vocab] = emb.weight
+    weight[old_vocab:] = emb.weight.mean(dim=0)
+    for new_id, old_ids in (init_from or {}).items():
+        weight[new_id] = emb.weight[old_ids].mean(dim=0)
+    emb.weight = nn.Parameter(weight)
+    emb.vocab_size = new_vocab
+    if tied:
+        model.lm_head.weight = emb.weight
+    else:
+        head = torch.empty(new_vocab, d_model, dtype=weight.dtype, device=weight.device)
+        head[:old_vocab] = model.lm_head.weight
+        head[old_vocab:] = model.lm_head.weight.mean(dim=0)
+        model.lm_head.weight = nn.Parameter(head)
+    model.lm_head.out_features = new_vocab
+    model.config.vocab_size = new_vocab
+    return model
+
+
+# The text each new special token starts from: its embedding is the mean of these tokens' embeddings,
+# so a model that has never seen <|assistant|> starts by reading it roughly as "Answer:".
+MARKER_TEXT = {USER: "Question:", ASSISTANT: " Answer:"}
+
+
+def prepare_chat_model(model: nn.Module, tokenizer: Tokenizer) -> dict[str, int]:
+    """Add the chat tokens to `tokenizer` and grow `model` to match (both in place); returns their ids.
+
+    The new embedding rows start from the embeddings of `MARKER_TEXT`, so that LoRA, which does
+    not train embeddings, can work with them."""
+    ids = add_chat_tokens(tokenizer)
+    init = {ids[t]: tokenizer.encode(MARKER_TEXT[t]) for t in (USER, ASSISTANT)}
+    resize_token_embeddings(model, tokenizer.n_vocab, init_from=init)
+    return ids
+
+
+def format_prompt(instruction: str) -> str:
+    """The text the model sees before it answers: <|user|>instruction<|assistant|>."""
+    return f"{USER}{instruction}{ASSISTANT}"
+
+
+def format_chat(example: Example) -> str:
+    """The whole example as text: <|user|>instruction<|assistant|> response<|endoftext|>.
+
+    The response starts with a space so that its words are the same tokens as in the instruction
+    (BPE makes " dict" and "dict" two different tokens)."""
+    return f"{format_prompt(example.instruction)} {example.response}{END}"
+
+
+def parse_chat(text: str) -> Example:
+    """The inverse of `format_chat` (task unknown: "")."""
+    match = re.fullmatch(re.escape(USER) + r"(.*?)" + re.escape(ASSISTANT) + r" (.*?)" + re.escape(END), text, re.S)
+    if match is None:
+        raise ValueError(f"not a chat-formatted example: {text!r}")
+    return Example("", match.group(1), match.group(2))
+
+
+def encode_example(example: Example, tokenizer: Tokenizer) -> tuple[list[int], list[int], list[bool]]:
+    """(inputs, targets, response_mask) for next-token training, each of length L - 1 for L tokens.
+
+    targets[t] is token t + 1; response_mask[t] is True where that target belongs to the response
+    (its end token included), so the loss learns to answer and to stop, not to predict prompts."""
+    prompt = tokenizer.encode(format_prompt(example.instruction), allowed_special="all")
+    answer = tokenizer.encode(" " + example.response) + [tokenizer.special_tokens[END]]
+    tokens = prompt + answer
+    mask = [t + 1 >= len(prompt) for t in range(len(tokens) - 1)]
+    return tokens[:-1], tokens[1:], mask
+
+
+def collate(encoded: list[tuple[list[int], list[int], list[bool]]], pad_id: int = 0):
+    """Right-pad a batch: (inputs (B, T) long, targets (B, T) long, response_mask (B, T) bool)."""
+    T = max(len(x) for x, _, _ in encoded)
+    inputs = torch.full((len(encoded), T), pad_id, dtype=torch.long)
+    targets = torch.full((len(encoded), T), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(encoded), T, dtype=torch.bool)
+    for i, (x, y, m) in enumerate(encoded):
+        inputs[i, : len(x)], targets[i, : len(y)], mask[i, : len(m)] = torch.tensor(x), torch.tensor(y), torch.tensor(m)
+    return inputs, targets, mask
+
+
+def masked_sft_loss(logits: torch.Tensor, targets: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over the response positions: logits (B, T, V), targets (B, T), mask (B, T) bool.
+
+    The average runs over all response tokens of the batch (a long answer weighs more than a
+    short one), the convention of Hugging Face's trainers; prompt and padding positions count 0."""
+    return cross_entropy(logits, torch.where(response_mask.bool(), targets, -100), ignore_index=-100)
+
+
+# --------------------------------------------------------------------------- training and evaluation
+@dataclass
+class SFTResult:
+    """What `sft_train` measured."""
+
+    losses: list[float]  # the training loss at every step
+    seconds: float  # wall-clock time of the steps
+    trainable: int  # parameters the optimizer updated
+
+
+def sft_train(
+    model: nn.Module,
+    examples: list[Example],
+    tokenizer: Tokenizer,
+    steps: int = 200,
+    batch_size: int = 16,
+    lr: float = 1e-3,
+    weight_decay: float = 0.0,
+    seed: int = 0,
+) -> SFTResult:
+    """Fine-tune `model` in place on `examples` with AdamW on its parameters that require gradients.
+
+    Full fine-tuning, LoRA and QLoRA differ only in which parameters those are (see the module
+    docstring). Batches are drawn with `seed`; the loss is `masked_sft_loss`."""
+    device = next(model.parameters()).device
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    encoded = [encode_example(e, tokenizer) for e in examples]
+    rng = random.Random(seed)
+    model.train()
+    losses = []
+    start = time.perf_counter()
+    for _ in range(steps):
+        inputs, targets, mask = (t.to(device) for t in collate(rng.sample(encoded, batch_size)))
+        loss = masked_sft_loss(model(inputs), targets, mask)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    model.eval()
+    return SFTResult(losses, time.perf_counter() - start, sum(p.numel() for p in params))
+
+
+@torch.no_grad()
+def response_loss(model: nn.Module, examples: list[Example], tokenizer: Tokenizer, batch_size: int = 64) -> float:
+    """The mean masked loss (nats per response token) of `model` on `examples`."""
+    device = next(model.parameters()).device
+    model.eval()
+    total, count = 0.0, 0
+    for i in range(0, len(examples), batch_size):
+        inputs, targets, mask = (t.to(device) for t in collate([encode_example(e, tokenizer) for e in examples[i : i + batch_size]]))
+        n = int(mask.sum())
+        total += masked_sft_loss(model(inputs), targets, mask).item() * n
+        count += n
+    return total / count
+
+
+@torch.no_grad()
+def answers(model: nn.Module, tokenizer: Tokenizer, instructions: list[str], max_new_tokens: int = 12) -> list[str]:
+    """The model's greedy answers to `instructions` (each stops at <|endoftext|>).
+
+    Prompts of equal length are generated together as one batch (no padding needed)."""
+    device = next(model.parameters()).device
+    end = tokenizer.special_tokens[END]
+    prompts = [tokenizer.encode(format_prompt(i), allowed_special="all") for i in instructions]
+    out: list[str] = [""] * len(prompts)
+    by_length: dict[int, list[int]] = {}
+    for i, p in enumerate(prompts):
+        by_length.setdefault(len(p), []).append(i)
+    for length, rows in by_length.items():
+        idx = torch.tensor([prompts[i] for i in rows], device=device)  # (B, T)
+        gen = generate(model, idx, max_new_tokens, temperature=0.0, eos_id=end)[:, length:]  # (B, n)
+        for i, ids in zip(rows, gen.tolist()):
+            out[i] = tokenizer.decode(ids[: ids.index(end)] if end in ids else ids)
+    return out
+
+
+def exact_match(model: nn.Module, examples: list[Example], tokenizer: Tokenizer) -> float:
+    """The fraction of `examples` whose greedy answer equals the response exactly (outer spaces stripped)."""
+    got = answers(model, tokenizer, [e.instruction for e in examples])
+    return sum(g.strip() == e.response for g, e in zip(got, examples)) / len(examples)
