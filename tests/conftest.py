@@ -14,3 +14,12 @@ def pytest_collection_modifyitems(config, items):
 def pytest_configure(config):
     # Two cores are shared by the pytest workers: one thread each avoids oversubscription stalls.
     torch.set_num_threads(1)
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--all-mutants",
+        action="store_true",
+        help="grade every planted bug with real nbgrader (default: three per function; "
+        "the in-process test always runs every one)",
+    )
