@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import statistics
-import time
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +28,16 @@ from transformers import GPT2LMHeadModel
 from llm_course.checkpoints import from_hf_state_dict, to_hf_config
 from llm_course.transformer import Transformer, TransformerConfig
 from llm_course.utils import get_device, set_seed
+from timing import time_forward, time_forward_backward  # bench/timing.py
+
+
+def time_forward_backward_lm(model, idx, device) -> float:
+    """Forward, next-token cross-entropy, backward."""
+
+    def loss(logits):
+        return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), idx[:, 1:].flatten())
+
+    return time_forward_backward(model, idx, loss, device)
 
 
 def parse_args() -> argparse.Namespace:
@@ -46,31 +55,6 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: PyTorch's choice)")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args()
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_forward(model, idx, device) -> float:
-    with torch.no_grad():
-        synchronize(device)
-        start = time.perf_counter()
-        model(idx)
-        synchronize(device)
-    return time.perf_counter() - start
-
-
-def time_forward_backward(model, idx, device) -> float:
-    model.zero_grad(set_to_none=True)
-    synchronize(device)
-    start = time.perf_counter()
-    logits = model(idx)
-    loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), idx[:, 1:].flatten())
-    loss.backward()
-    synchronize(device)
-    return time.perf_counter() - start
 
 
 class HFLogits(torch.nn.Module):
@@ -135,7 +119,7 @@ def main() -> None:
         order = names[rep % len(names) :] + names[: rep % len(names)]
         for name in order:
             t_fwd = time_forward(models[name], idx, device)
-            t_step = time_forward_backward(models[name], idx, device)
+            t_step = time_forward_backward_lm(models[name], idx, device)
             if rep >= args.warmup:
                 times[(name, "fwd")].append(t_fwd)
                 times[(name, "fwd+bwd")].append(t_step)

@@ -21,13 +21,18 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 
 from llm_course.ffn import SwiGLU
 from llm_course.moe import MoE, ffn_flops_per_token, moe_flops_per_token
 from llm_course.utils import get_device, set_seed
+from timing import time_forward, time_forward_backward  # bench/timing.py
+
+
+def time_forward_backward_sq(layer, x, device) -> float:
+    """Forward, sum of squares of the output, backward."""
+    return time_forward_backward(layer, x, lambda y: y.float().pow(2).sum(), device)
 
 
 def parse_args() -> argparse.Namespace:
@@ -45,29 +50,6 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--no-hf", action="store_true", help="skip Hugging Face's Mixtral block")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args()
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_forward(layer, x, device) -> float:
-    with torch.no_grad():
-        synchronize(device)
-        start = time.perf_counter()
-        layer(x)
-        synchronize(device)
-    return time.perf_counter() - start
-
-
-def time_forward_backward(layer, x, device) -> float:
-    layer.zero_grad(set_to_none=True)
-    synchronize(device)
-    start = time.perf_counter()
-    layer(x).float().pow(2).sum().backward()
-    synchronize(device)
-    return time.perf_counter() - start
 
 
 def mixtral_block(moe: MoE, d_model: int, d_ff: int):
@@ -127,7 +109,7 @@ def main() -> None:
         order = names[rep % len(names) :] + names[: rep % len(names)]
         for name in order:
             t_fwd = time_forward(layers[name], x, device)
-            t_step = time_forward_backward(layers[name], x, device)
+            t_step = time_forward_backward_sq(layers[name], x, device)
             if rep >= args.warmup:
                 times[(name, "fwd")].append(t_fwd)
                 times[(name, "fwd+bwd")].append(t_step)

@@ -43,6 +43,7 @@ from llm_course.tokenizer import Tokenizer
 from llm_course.trainer import TokenBatches, Trainer, TrainConfig, encode_split, flops_per_token, peak_flops
 from llm_course.transformer import Transformer, TransformerConfig, gpt2_small
 from llm_course.utils import get_device, set_seed
+from timing import synchronize  # bench/timing.py
 
 
 def parse_args() -> argparse.Namespace:
@@ -65,11 +66,6 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--skip-compare", action="store_true", help="skip part 1")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args()
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def train_config(args, **overrides) -> TrainConfig:
