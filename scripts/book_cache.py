@@ -1,9 +1,11 @@
 """Clear the book's execution cache when the llm_course package has changed.
 
-Jupyter Book caches executed notebooks by their own content only. The pages run
-the package's code, so a change to the package must re-execute them: this script
+Jupyter Book caches executed notebooks by their own content only, and Sphinx skips
+pages whose source did not change. The pages run the package's code, so a change to
+the package must re-execute them: this script
 keeps a hash of every file of the package (except the graders, which no page uses)
-next to the cache and deletes the cache when the hash differs.
+next to the cache and deletes the execution cache and Sphinx's saved environment
+when the hash differs.
 """
 
 import hashlib
@@ -12,6 +14,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / "_build" / ".jupyter_cache"
+# Sphinx's saved environment: it would skip re-reading (so re-executing) unchanged pages.
+DOCTREES = ROOT / "_build" / ".doctrees"
 STAMP = ROOT / "_build" / ".llm_course.sha256"
 
 
@@ -30,9 +34,10 @@ def main() -> None:
     if STAMP.exists() and STAMP.read_text() == current:
         print("book cache: llm_course unchanged, cached pages are reused")
         return
-    if CACHE.exists():
-        shutil.rmtree(CACHE)
-        print("book cache: llm_course changed, every page will be re-executed")
+    for folder in (CACHE, DOCTREES):
+        if folder.exists():
+            shutil.rmtree(folder)
+    print("book cache: llm_course changed (or first build), every page will be executed")
     STAMP.parent.mkdir(parents=True, exist_ok=True)
     STAMP.write_text(current)
 
