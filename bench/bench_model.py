@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import statistics
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +27,7 @@ from transformers import GPT2LMHeadModel
 from llm_course.checkpoints import from_hf_state_dict, to_hf_config
 from llm_course.transformer import Transformer, TransformerConfig
 from llm_course.utils import get_device, set_seed
-from timing import time_forward, time_forward_backward  # bench/timing.py
+from timing import interleaved_medians, time_forward, time_forward_backward  # bench/timing.py
 
 
 def time_forward_backward_lm(model, idx, device) -> float:
@@ -113,20 +112,14 @@ def main() -> None:
         f"vocab {args.vocab} ({n_params / 1e6:.1f}M parameters); batch {args.batch} x {args.seq} tokens; "
         f"{args.reps} reps after {args.warmup} warm-up"
     )
-    names = list(models)
-    times: dict[tuple[str, str], list[float]] = {(n, k): [] for n in names for k in ("fwd", "fwd+bwd")}
-    for rep in range(args.warmup + args.reps):
-        order = names[rep % len(names) :] + names[: rep % len(names)]
-        for name in order:
-            t_fwd = time_forward(models[name], idx, device)
-            t_step = time_forward_backward_lm(models[name], idx, device)
-            if rep >= args.warmup:
-                times[(name, "fwd")].append(t_fwd)
-                times[(name, "fwd+bwd")].append(t_step)
-
-    median = {key: statistics.median(values) * 1e3 for key, values in times.items()}
+    measures = {
+        "fwd": lambda m: time_forward(m, idx, device),
+        "fwd+bwd": lambda m: time_forward_backward_lm(m, idx, device),
+    }
+    median = interleaved_medians(models, measures, args.warmup, args.reps)
+    median = {key: seconds * 1e3 for key, seconds in median.items()}  # ms
     print(f"\n{'model':<12}{'forward ms':>12}{'fwd+bwd ms':>12}")
-    for name in names:
+    for name in models:
         print(f"{name:<12}{median[(name, 'fwd')]:>12.1f}{median[(name, 'fwd+bwd')]:>12.1f}")
     print("\nratio ours / theirs (below 1: ours is faster)")
     for ours, theirs in (("ours-fused", "hf-sdpa"), ("ours-own", "hf-eager"), ("ours-fused", "hf-eager")):

@@ -20,14 +20,13 @@ free) and moe / hf-mixtral.
 from __future__ import annotations
 
 import argparse
-import statistics
 
 import torch
 
 from llm_course.ffn import SwiGLU
 from llm_course.moe import MoE, ffn_flops_per_token, moe_flops_per_token
 from llm_course.utils import get_device, set_seed
-from timing import time_forward, time_forward_backward  # bench/timing.py
+from timing import interleaved_medians, time_forward, time_forward_backward  # bench/timing.py
 
 
 def time_forward_backward_sq(layer, x, device) -> float:
@@ -103,20 +102,13 @@ def main() -> None:
         f"parameters: dense {sum(p.numel() for p in layers['dense'].parameters()):,}, "
         f"moe {sum(p.numel() for p in moe.parameters()):,}"
     )
-    names = list(layers)
-    times: dict[tuple[str, str], list[float]] = {(n, s): [] for n in names for s in ("fwd", "fwd+bwd")}
-    for rep in range(args.warmup + args.reps):
-        order = names[rep % len(names) :] + names[: rep % len(names)]
-        for name in order:
-            t_fwd = time_forward(layers[name], x, device)
-            t_step = time_forward_backward_sq(layers[name], x, device)
-            if rep >= args.warmup:
-                times[(name, "fwd")].append(t_fwd)
-                times[(name, "fwd+bwd")].append(t_step)
-
-    median = {key: statistics.median(values) for key, values in times.items()}
+    measures = {
+        "fwd": lambda m: time_forward(m, x, device),
+        "fwd+bwd": lambda m: time_forward_backward_sq(m, x, device),
+    }
+    median = interleaved_medians(layers, measures, args.warmup, args.reps)
     print(f"\n{'layer':<12}{'forward ms':>12}{'tokens/s':>12}{'fwd+bwd ms':>12}{'tokens/s':>12}")
-    for name in names:
+    for name in layers:
         fwd, step = median[(name, "fwd")], median[(name, "fwd+bwd")]
         print(f"{name:<12}{fwd * 1e3:>12.2f}{args.tokens / fwd:>12,.0f}{step * 1e3:>12.2f}{args.tokens / step:>12,.0f}")
     print("\nratio of times (above 1: slower than the baseline)")

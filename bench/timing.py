@@ -6,6 +6,7 @@ then first on `sys.path`).
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Callable
 
@@ -39,3 +40,26 @@ def time_forward_backward(
     """One forward pass, `loss_fn` of its output, and the backward pass."""
     module.zero_grad(set_to_none=True)
     return time_call(lambda: loss_fn(module(x)).backward(), device)
+
+
+def interleaved_medians(
+    subjects: dict[str, object],
+    measures: dict[str, Callable[[object], float]],
+    warmup: int,
+    reps: int,
+) -> dict[tuple[str, str], float]:
+    """Median seconds of each measure on each subject, ``{(subject, measure): seconds}``.
+
+    Subjects are interleaved and their order rotates every repetition, so a slow patch of a
+    noisy machine hits all of them alike; the first `warmup` repetitions are not counted.
+    """
+    names = list(subjects)
+    times: dict[tuple[str, str], list[float]] = {(n, m): [] for n in names for m in measures}
+    for rep in range(warmup + reps):
+        order = names[rep % len(names) :] + names[: rep % len(names)]
+        for name in order:
+            for measure, fn in measures.items():
+                seconds = fn(subjects[name])
+                if rep >= warmup:
+                    times[(name, measure)].append(seconds)
+    return {key: statistics.median(values) for key, values in times.items()}
