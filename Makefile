@@ -5,6 +5,13 @@
 #   make test        run the whole test suite
 #   make exercises   regenerate exercises/ from solutions/ with nbgrader
 #   make bench       run the benchmarks (ratios against baselines, see bench/)
+#
+# Instructors (see README.md):
+#   make release                       every assignment: solutions/ -> exercises/ and the gradebook
+#   make autograde SUBMISSIONS=dir     grade a folder of collected notebooks for the whole class:
+#                                      feedback/ (offline math), report/grades.csv, scores.png, report.md
+#   make autograde SUBMISSIONS=dir WORKERS=4 DB=--postgres   graders in parallel (PostgreSQL)
+#   make simulate-class                30 simulated students, every score checked (a benchmark)
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eo pipefail -c
@@ -19,7 +26,7 @@ PYTEST_WORKERS ?= 2
 # nbgrader runs tools of the environment (alembic) as commands: put the venv first on PATH.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: book test exercises bench clean
+.PHONY: book browser test exercises bench clean release autograde simulate-class
 
 $(VENV)/.book-deps: requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -42,12 +49,25 @@ $(MATHJAX):
 	rm -rf _build/static/mathjax
 	cp -r _build/npm/node_modules/mathjax/es5 _build/static/mathjax
 
-book: $(VENV)/.book-deps $(MATHJAX)
+# Debian's Chromium and ChromeDriver, for the browser check of the built pages.
+browser:
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	    if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	        apt-get install -y -q chromium chromium-driver >/dev/null \
+	        || { apt-get update -q >/dev/null && apt-get install -y -q chromium chromium-driver >/dev/null; }; \
+	    else \
+	        echo "The book's browser check needs Chromium and ChromeDriver (Debian: apt-get install chromium chromium-driver)."; \
+	        exit 1; \
+	    fi; \
+	fi
+
+book: $(VENV)/.book-deps $(MATHJAX) browser
 	$(PY) scripts/book_cache.py
 	$(VENV)/bin/jupyter-book build . -W --keep-going
+	$(PY) scripts/check_book.py _build/html
 	@echo "The book is in _build/html/index.html"
 
-test: $(VENV)/.test-deps
+test: $(VENV)/.test-deps browser
 	$(PY) -m pytest -n $(PYTEST_WORKERS) --durations=15
 
 exercises: $(VENV)/.book-deps
@@ -58,5 +78,20 @@ exercises: $(VENV)/.book-deps
 bench: $(VENV)/.test-deps
 	for script in bench/bench_*.py; do $(PY) "$$script"; done
 
+WORKERS ?= 1
+DB ?=
+STUDENTS ?= 30
+
+release: $(VENV)/.book-deps
+	$(PY) -m instructor release
+
+# Feedback inlines the local MathJax (instructor/feedback.py), hence the MathJax target.
+autograde: $(VENV)/.book-deps $(MATHJAX)
+	@test -n "$(SUBMISSIONS)" || { echo "usage: make autograde SUBMISSIONS=folder [WORKERS=4 DB=--postgres]"; exit 2; }
+	$(PY) -m instructor autograde "$(SUBMISSIONS)" --workers $(WORKERS) $(DB)
+
+simulate-class: $(VENV)/.test-deps $(MATHJAX)
+	$(PY) -m instructor.simulate_class --students $(STUDENTS) --workers $(WORKERS) $(DB)
+
 clean:
-	rm -rf _build gradebook.db
+	rm -rf _build gradebook.db report

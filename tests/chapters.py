@@ -26,6 +26,7 @@ REGISTERED = {
     "09_efficient_inference": "tests.mutants.efficient_inference",
     "10_mixture_of_experts": "tests.mutants.mixture_of_experts",
     "11_fine_tuning": "tests.mutants.fine_tuning",
+    "12_alignment": "tests.mutants.alignment",
     "13_training_at_scale": "tests.mutants.training_at_scale",
     "14_failures": "tests.mutants.failures",
 }

@@ -89,6 +89,8 @@ class Course:
         self.chapter = chapter
         self.path.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / "nbgrader_config.py", self.path / "nbgrader_config.py")
+        # The grading additions that nbgrader_config.py configures (instructor/preprocessors.py).
+        shutil.copytree(ROOT / "instructor", self.path / "instructor", ignore=shutil.ignore_patterns("__pycache__"))
         shutil.copytree(ROOT / "solutions" / chapter, self.path / "solutions" / chapter)
 
     def nbgrader(self, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:

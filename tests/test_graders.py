@@ -160,3 +160,32 @@ def test_autograde_reference_untouched_and_bugs(chapter, tmp_path, request):
     for student, (fn, bug) in names.items():
         earned = results[student].score[f"test_{fn}"] + results[student].score[f"test_{fn}_hidden"]
         assert earned < function_points(chapter, fn), f"planted bug {bug!r} in {fn} lost no points"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("chapter", CHAPTERS)
+def test_untouched_exercise_runs_in_a_fresh_kernel(chapter):
+    """What a student sees first: the released notebook runs top to bottom in a fresh kernel,
+    every cell that is not a test runs cleanly, and every visible test fails with a message
+    that says what to do (the stub is not implemented yet)."""
+    from nbclient import NotebookClient
+
+    path = notebook_path(ROOT / "exercises", chapter)
+    nb = nbformat.read(path, as_version=4)
+    NotebookClient(
+        nb, timeout=CELL_TIME_LIMIT, allow_errors=True, kernel_name="python3",
+        shutdown_kernel="immediate", resources={"metadata": {"path": str(path.parent)}},
+    ).execute()
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        errors = [o for o in cell.outputs if o.output_type == "error"]
+        name = grade_id(cell)
+        if not cell.metadata.get("nbgrader", {}).get("grade"):
+            # Setup and demo cells run; a stub cell only defines the function (nothing calls it yet).
+            assert not errors, f"{chapter}: cell {name} fails before the student wrote anything: {errors[0].evalue}"
+        elif not name.endswith("_hidden"):
+            assert errors, f"{chapter}: the visible test {name} passes on the stub"
+            message = f"{errors[0].ename}: {errors[0].evalue}"
+            assert errors[0].ename == "CheckFailed", f"{chapter}/{name}: {message}"
+            assert "not implemented yet: replace `raise NotImplementedError()` with your code" in message, message

@@ -165,6 +165,12 @@ def _referenced_objects(fn: Callable) -> Iterable[Any]:
             continue
 
 
+def _qualified(obj: Any) -> tuple[str, str]:
+    module = getattr(obj, "__module__", None)
+    name = getattr(obj, "__qualname__", None)
+    return (module, name) if isinstance(module, str) and isinstance(name, str) else ("", "")
+
+
 def forbid_reference(fn: Callable, *references: Callable) -> None:
     """Fail if the student's `fn` is, or calls by name, one of the reference implementations.
 
@@ -174,11 +180,15 @@ def forbid_reference(fn: Callable, *references: Callable) -> None:
     inside or outside the function, and aliases of either.
     """
     forbidden = {id(r): r for r in references}
+    # Grading loads a private copy of llm_course before the student's code runs (see
+    # instructor/preprocessors.py), so the student's import of a reference is another object
+    # with the same module and qualified name: match those too.
+    by_name = {_qualified(r): r for r in references if _qualified(r)[0].startswith("llm_course")}
     candidates = [fn, *_referenced_objects(fn)]
     for obj in candidates:
         target = inspect.unwrap(obj) if callable(obj) else obj
-        if id(obj) in forbidden or id(target) in forbidden:
-            ref = forbidden.get(id(obj)) or forbidden[id(target)]
+        ref = forbidden.get(id(obj)) or forbidden.get(id(target)) or by_name.get(_qualified(target))
+        if ref is not None:
             module = getattr(ref, "__module__", None) or ""
             where = f"{module}.{ref.__qualname__}" if module else ref.__qualname__
             if module.startswith("llm_course"):

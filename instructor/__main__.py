@@ -1,0 +1,5 @@
+import sys
+
+from instructor.course import main
+
+sys.exit(main())

@@ -1,0 +1,98 @@
+"""A reduced simulated class, graded end to end by `python -m instructor autograde`.
+
+`instructor/simulate_class.py` builds a class of simulated students (the reference
+solution, planted bugs from tests/mutants/, untouched exercises, missing and hostile
+submissions), computes every test cell's expected score by running the instructor
+notebook in-process, grades the class with nbgrader, and compares every cell's score.
+The full class (30 students, every assignment) is a benchmark run by hand
+(`python -m instructor.simulate_class --students 30`); this test grades a few
+students on a few assignments: set LLM_COURSE_CLASS_STUDENTS and
+LLM_COURSE_CLASS_ASSIGNMENTS (comma-separated) for another size.
+
+Also here: `nbgrader validate` on a correct and an empty submission, and the
+offline MathJax of the feedback.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import nbformat
+import pytest
+
+from instructor.simulate_class import simulate
+from tests.nbgrader_harness import Course, notebook_path, solution_sources, with_cells
+
+STUDENTS = int(os.environ.get("LLM_COURSE_CLASS_STUDENTS", "4"))
+ASSIGNMENTS = os.environ.get("LLM_COURSE_CLASS_ASSIGNMENTS", "01_neural_networks,07_scaling_laws").split(",")
+
+
+@pytest.mark.slow
+def test_reduced_class_every_score_as_expected(tmp_path):
+    result = simulate(STUDENTS, ASSIGNMENTS, folder=tmp_path, seed=1)
+    assert result["notebooks"] >= STUDENTS  # most students hand in most assignments
+    assert not result["ungraded"], result["ungraded"]
+    assert not result["mismatches"], "\n".join(result["mismatches"])
+
+    course = tmp_path / "course"
+    report = course / "report"
+    csv = (report / "grades.csv").read_text().splitlines()
+    assert csv[0].startswith("assignment,") and len(csv) == 1 + STUDENTS * len(ASSIGNMENTS)
+    assert (report / "scores.png").read_bytes()[:4] == b"\x89PNG"
+    assert "## Most common failures" in (report / "report.md").read_text()
+
+    # Feedback: math rendered by the local MathJax, inlined (feedback files travel alone).
+    pages = sorted((course / "feedback").glob("*/01_neural_networks/*.html"))
+    assert pages
+    for page in pages:
+        html = page.read_text()
+        assert not re.search(r'<script[^>]*src="(https?:)?//', html), f"{page} loads a script from the network"
+        assert "window.MathJax" in html and "MathJax" in html.split("window.MathJax", 1)[1][:200_000]
+
+
+@pytest.mark.slow
+def test_parallel_graders_on_postgres_give_the_same_scores(tmp_path):
+    """Two graders at once on a private PostgreSQL gradebook (nbgrader's choice for concurrent
+    access); the grades are then copied into gradebook.db, where every cell must be as expected."""
+    import shutil
+
+    pytest.importorskip("psycopg2", reason="parallel grading needs psycopg2 (requirements.txt)")
+    if not all(shutil.which(tool) for tool in ("initdb", "pg_ctl", "createdb")):
+        pytest.skip("PostgreSQL's server programs (initdb, pg_ctl, createdb) are not on PATH")
+    result = simulate(3, ["02_tokenization"], workers=2, postgres=True, folder=tmp_path, seed=2, feedback=False)
+    assert result["notebooks"] >= 2
+    assert not result["ungraded"], result["ungraded"]
+    assert not result["mismatches"], "\n".join(result["mismatches"])
+
+
+def validate(course: Course, path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": os.pathsep.join([os.path.dirname(sys.executable), os.environ["PATH"]])}
+    return subprocess.run(
+        [sys.executable, "-m", "nbgrader", "validate", str(path)],
+        cwd=course.path, capture_output=True, text=True, timeout=300, env=env,
+    )
+
+
+@pytest.mark.slow
+def test_validate_correct_and_empty_submissions(tmp_path):
+    chapter = "02_tokenization"
+    course = Course(tmp_path, chapter)
+    course.generate()
+    exercise = course.student_notebook()
+    correct, empty = tmp_path / "correct.ipynb", tmp_path / "empty.ipynb"
+    nbformat.write(with_cells(exercise, solution_sources(chapter)), correct)
+    nbformat.write(exercise, empty)
+
+    ok = validate(course, correct)
+    assert ok.returncode == 0 and "Success! Your notebook passes all the tests." in ok.stdout, ok.stdout + ok.stderr
+
+    bad = validate(course, empty)
+    out = bad.stdout
+    assert "VALIDATION FAILED" in out, out
+    # Each failing visible test is shown with its message, which says what to do.
+    for fn in solution_sources(chapter):
+        assert f"checks.check_{fn}({fn})" in out, f"validate should name the failing test of {fn}"
+    assert out.count("is not implemented yet") >= 5  # (validate cuts long lines)
