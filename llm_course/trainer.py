@@ -52,7 +52,7 @@ from torch import nn
 from llm_course.checkpoints import load_model, save_model
 from llm_course.losses import cross_entropy
 from llm_course.optim import AdamW, clip_grad_norm_, decay_groups, grad_norm, warmup_cosine
-from llm_course.transformer import TransformerConfig, parameter_breakdown
+from llm_course.transformer import TransformerConfig, count_active_parameters, count_parameters, parameter_breakdown
 
 CHECKPOINT_FORMAT = "llm_course-train-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -256,9 +256,11 @@ def flops_per_token(config: TransformerConfig, seq_len: int | None = None) -> in
     untied head is counted. 6 = 2 FLOPs per multiply-add x (forward + backward's two
     products). 12 L T C is attention's q k^T and weights @ v (2 T C each per token and
     layer), times 3 for the backward pass, with the causal half counted as PaLM does.
+    For a Mixture of Experts, N counts the experts a token is routed to, not the idle ones.
     """
     parts = parameter_breakdown(config)
-    n = sum(parts.values()) - parts["position_embedding"]
+    idle_experts = count_parameters(config) - count_active_parameters(config)
+    n = sum(parts.values()) - parts["position_embedding"] - idle_experts
     if not config.tie_embeddings:
         n -= parts["token_embedding"]
     T = config.context_length if seq_len is None else seq_len

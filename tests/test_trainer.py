@@ -393,3 +393,16 @@ def test_cuda_fast_path_bf16_compile_fused(tmp_path):
     assert resumed.step == 6 and isinstance(resumed.optimizer, torch.optim.AdamW)
     if peak_flops("cuda") is not None:
         assert 0 < trainer.mfu(1e6) < 1
+
+
+def test_flops_per_token_counts_only_the_routed_experts():
+    from dataclasses import replace
+
+    from llm_course.transformer import count_active_parameters, count_parameters, tiny
+
+    dense = tiny(256)
+    moe = replace(dense, n_experts=8, experts_per_token=2)
+    idle = count_parameters(moe) - count_active_parameters(moe)
+    assert idle == dense.n_layers * 6 * (2 * dense.d_model * dense.d_ff + (dense.d_ff + dense.d_model) * dense.bias)
+    # The routed experts and the router count; the six idle experts of each layer do not.
+    assert flops_per_token(moe) == flops_per_token(dense) + 6 * (count_active_parameters(moe) - count_parameters(dense))
