@@ -1,5 +1,6 @@
 """The helpers every check uses: calling student code, time limits, detecting the reference."""
 
+import sys
 import time
 
 import pytest
@@ -123,3 +124,19 @@ def test_stub_message_hides_the_stub_traceback_but_crashes_keep_theirs():
     with pytest.raises(CheckFailed) as crash_info:
         call(crash)
     assert isinstance(crash_info.value.__cause__, IndexError)
+
+
+def test_call_keeps_warnings_and_stderr_of_a_passing_function_off_stderr(capsys):
+    # nbgrader gives 0 points to a test cell with stderr output: a function that warns but is
+    # right must leave no trace there.
+    import warnings
+
+    def noisy(x):
+        warnings.warn("degrees of freedom is <= 0", UserWarning)
+        print("debugging", file=sys.stderr)
+        return x + 1
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        assert grading.call(noisy, 1) == 2
+    assert capsys.readouterr().err == ""

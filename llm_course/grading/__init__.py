@@ -21,11 +21,13 @@ from __future__ import annotations
 import contextlib
 import copy
 import inspect
+import io
 import signal
 import sys
 import threading
 import time
 import types
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -106,14 +108,20 @@ def call(fn: Callable, *args: Any, copy_args: bool = True, **kwargs: Any) -> Any
     other exception is reported with the arguments that caused it. Arguments are
     copied so a function that modifies its input cannot corrupt the next case
     (checks that care pass ``copy_args=False`` and compare the input before and after).
+    Warnings and writes to stderr during the call are silenced: nbgrader fails a cell with
+    any stderr output, even when every check in it passes.
     """
     if not callable(fn):
         fail(f"expected a function, got {type(fn).__name__}: did you overwrite the name with a value?")
     args_copy = copy.deepcopy(args) if copy_args else args
     kwargs_copy = copy.deepcopy(kwargs) if copy_args else kwargs
     shown = ", ".join([short(a, 60) for a in args] + [f"{k}={short(v, 60)}" for k, v in kwargs.items()])
+    # nbgrader gives 0 points to a test cell with any output on stderr, so a warning raised in
+    # the student's function (say, torch's "std(): degrees of freedom is <= 0") would zero a
+    # cell whose checks all pass: warnings and stderr writes during the call are kept here.
     try:
-        with time_limit(CALL_TIME_LIMIT):
+        with time_limit(CALL_TIME_LIMIT), warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
+            warnings.simplefilter("ignore")
             return fn(*args_copy, **kwargs_copy)
     except TimeLimitExceeded:
         message = (
