@@ -67,7 +67,7 @@ book: $(VENV)/.book-deps $(MATHJAX) browser
 	$(PY) scripts/check_book.py _build/html
 	@echo "The book is in _build/html/index.html"
 
-test: $(VENV)/.test-deps browser
+test: $(VENV)/.test-deps $(MATHJAX) browser
 	$(PY) -m pytest -n $(PYTEST_WORKERS) --durations=15
 
 exercises: $(VENV)/.book-deps
