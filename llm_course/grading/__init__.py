@@ -204,6 +204,13 @@ def forbid_reference(fn: Callable, *references: Callable) -> None:
             fail(f"{_name(fn)} calls {where}, which does the whole exercise; write it yourself (this earns no points).")
 
 
+def seeded(seed: int):
+    """A CPU `torch.Generator` seeded with `seed`: the random cases of a check are the same on every run."""
+    import torch  # here, not at import time: the tokenizer checks need no torch
+
+    return torch.Generator().manual_seed(seed)
+
+
 def passed(fn: Callable, what: str) -> None:
     """Print the line a student sees when a check passes."""
     print(f"\u2714 {_name(fn)}: {what}")

@@ -25,13 +25,9 @@ import torch
 from torch.nn import functional as F
 
 from llm_course import dpo, ppo, reward_model
-from llm_course.grading import call, expect_tensor, fail, first_difference, forbid_reference, passed, short
+from llm_course.grading import call, expect_tensor, fail, first_difference, forbid_reference, passed, seeded, short
 
 TOL = dict(atol=1e-5, rtol=1e-4)
-
-
-def _gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 def _close(got: torch.Tensor, want: torch.Tensor) -> bool:
@@ -142,7 +138,7 @@ def check_pairwise_loss(fn, hidden: bool = False) -> None:
         _compare_pairwise(fn, rc, rr, label="the worked example, with gradients", grad=True)
         passed(fn, "the worked example, a margin of -200 and the gradient are right")
         return
-    g = _gen(120)
+    g = seeded(120)
     sizes = [(1, 1.0), (4, 2.0), (16, 0.5), (64, 3.0), (257, 1.0)]
     for B, scale in sizes:
         _compare_pairwise(fn, torch.randn(B, generator=g) * scale, torch.randn(B, generator=g) * scale)
@@ -296,7 +292,7 @@ def check_gae(fn, hidden: bool = False) -> None:
         _compare_gae(fn, r, v, mask, label="the padded batch with the default gamma=1, lam=0.95")
         passed(fn, "the worked example, padding, the limits lam=1 and lam=0, and gamma < 1 are right")
         return
-    g = _gen(121)
+    g = seeded(121)
     cases = [(1, 6, 1.0, 0.95), (3, 8, 0.99, 0.95), (4, 16, 1.0, 0.9), (6, 12, 0.9, 0.5), (8, 24, 0.95, 1.0),
              (2, 5, 0.5, 0.3), (5, 20, 1.0, 0.0)]  # fmt: skip
     for B, T, gamma, lam in cases:
@@ -395,10 +391,10 @@ def check_ppo_clip_loss(fn, hidden: bool = False) -> None:
         _compare_ppo(fn, lp, old, adv, mask, label="the worked example with the default clip=0.2")
         _compare_ppo(fn, old.clone(), old, adv, mask, 0.2,
                      label="logprobs equal to old_logprobs, rho = 1 (expected -mean A = -0.375)")  # fmt: skip
-        _compare_ppo(fn, *_ppo_case(_gen(122), 2, 6), 0.1)
+        _compare_ppo(fn, *_ppo_case(seeded(122), 2, 6), 0.1)
         passed(fn, "the worked example, rho = 1, a padded batch and the gradients are right")
         return
-    g = _gen(123)
+    g = seeded(123)
     cases = [(1, 4, 0.2, 0.3), (3, 8, 0.2, 0.5), (4, 16, 0.1, 0.2), (6, 12, 0.3, 1.0), (8, 32, 0.2, 0.05)]
     for B, T, clip, spread in cases:
         _compare_ppo(fn, *_ppo_case(g, B, T, spread), clip)
@@ -484,7 +480,7 @@ def check_dpo_loss(fn, hidden: bool = False) -> None:
         _compare_dpo(fn, pc, pr, rc, rr, label="the worked example with the default beta=0.1")
         passed(fn, "the worked example, a policy equal to its reference, beta = 0.5 and the gradients are right")
         return
-    g = _gen(124)
+    g = seeded(124)
     cases = [(1, 0.1, 3.0), (4, 0.1, 5.0), (16, 0.5, 2.0), (64, 0.01, 20.0), (8, 2.0, 1.0)]
     for B, beta, spread in cases:
         _compare_dpo(fn, *_dpo_case(g, B, spread), beta)

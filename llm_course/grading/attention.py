@@ -25,14 +25,10 @@ import torch
 from torch.nn import functional as F
 
 from llm_course import attention
-from llm_course.grading import CheckFailed, call, expect_tensor, fail, forbid_reference, passed, short
+from llm_course.grading import CheckFailed, call, expect_tensor, fail, forbid_reference, passed, seeded, short
 
 # float32 throughout: a few matmuls and a softmax differ from the reference by rounding only.
 TOL = dict(atol=1e-5, rtol=1e-4)
-
-
-def _gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 def _fmt(t: torch.Tensor) -> str:
@@ -260,12 +256,12 @@ def check_scaled_dot_product_attention(fn, hidden: bool = False) -> None:
         v = torch.tensor([[[[3.0], [6.0], [9.0]]]])
         _compare_attention(fn, q, k, v, attention.causal_mask(3), label="the causal example (expected [3, 4.5, 6])")
         # 4.-5. Small random cases: a padding mask over keys, and more keys than queries.
-        g = _gen(10)
+        g = seeded(10)
         _compare_attention(fn, *_random_case(g, 2, 2, 4, 4, 8, 8, "keys"))
         _compare_attention(fn, *_random_case(g, 1, 3, 2, 5, 4, 6, "none"))
         passed(fn, "the 3 hand-worked examples and 2 small random cases are right")
         return
-    g = _gen(11)
+    g = seeded(11)
     kinds = ["none", "causal", "keys", "full", "2d", "heads"]
     n = 0
     for i in range(18):
@@ -363,7 +359,7 @@ def _explain_mha(fn, x, w_q, w_k, w_v, w_o, H, got) -> str:
     # 3. Causality: changing the last token must not change earlier outputs.
     if T > 1:
         x2 = x.clone()
-        x2[:, -1] = torch.randn(B, C, generator=_gen(99))
+        x2[:, -1] = torch.randn(B, C, generator=seeded(99))
         other = probe(x2, w_q, w_k, w_v, w_o, H)
         if other is not None:
             diff = (other - got)[:, :-1].abs().amax(dim=(0, 2))  # (T - 1,)
@@ -408,7 +404,7 @@ def check_multi_head_attention(fn, hidden: bool = False) -> None:
     forbid_reference(
         fn, attention.multi_head_attention, attention.MultiHeadAttention, attention.MultiHeadAttention.forward
     )
-    g = _gen(20 if not hidden else 21)
+    g = seeded(20 if not hidden else 21)
     if not hidden:
         cases = [(1, 4, 8, 2, 2), (2, 5, 12, 3, 3), (2, 6, 8, 1, 1), (1, 6, 16, 4, 2)]
     else:

@@ -25,13 +25,9 @@ from torch.nn import functional as F
 
 from llm_course import kv_cache, quantization, speculative
 from llm_course.attention import scaled_dot_product_attention
-from llm_course.grading import CheckFailed, call, expect_tensor, fail, forbid_reference, passed, short
+from llm_course.grading import CheckFailed, call, expect_tensor, fail, forbid_reference, passed, seeded, short
 
 TOL = dict(atol=1e-5, rtol=1e-4)
-
-
-def _gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 def _fmt(t: torch.Tensor, limit: int = 80) -> str:
@@ -152,7 +148,7 @@ def _check_full(fn, g) -> None:
 def check_cached_attention(fn, hidden: bool = False) -> None:
     """cached_attention(q, k_new, v_new, k_cache, v_cache, length): write in place, attend causally."""
     forbid_reference(fn, kv_cache.cached_attention, kv_cache.LayerKVCache.update)
-    g = _gen(90 if not hidden else 91)
+    g = seeded(90 if not hidden else 91)
     if not hidden:
         # 1. Worked example: one head, D = 1, a query of 0, so every score is 0. Two past tokens with
         #    values 1, 3 and one new token with value 5: the output is the mean of the values, 3.
@@ -273,10 +269,10 @@ def check_verify_draft(fn, hidden: bool = False) -> None:
         p2 = torch.tensor([[0.3, 0.5, 0.2], [0.1, 0.1, 0.8], [0.2, 0.2, 0.6]])
         _compare_verify(fn, p2, q2, torch.tensor([0, 1]), torch.tensor([0.7, 0.0]),
                         label="a first draft rejected (expected 0 accepted, then [0, 1, 0])")  # fmt: skip
-        _compare_verify(fn, *_spec_case(_gen(92), 4, 6))
+        _compare_verify(fn, *_spec_case(seeded(92), 4, 6))
         passed(fn, "the 3 worked examples and a random case are right")
         return
-    g = _gen(93)
+    g = seeded(93)
     n = 0
     for i in range(30):
         gamma, V = 1 + i % 5, [3, 8, 50][i % 3]
@@ -352,11 +348,11 @@ def check_quantize_groupwise(fn, hidden: bool = False) -> None:
                           label="the worked example [[0.7, -0.35, 7, 1]], 4 bits, groups of 2 (expected q [[7, -4, 7, 1]], scale [[0.1, 1]])")  # fmt: skip
         _compare_quantize(fn, torch.tensor([[0.5, -1.27, 0.0, 0.01], [2.0, 1.0, -0.3, 0.0]]), 8, 4,
                           label="the int8 example, one group per row (expected scales 0.01 and 2/127)")  # fmt: skip
-        g = _gen(94)
+        g = seeded(94)
         _compare_quantize(fn, torch.randn(4, 16, generator=g), 4, 8)
         passed(fn, "the 2 worked examples and a random int4 case are right")
         return
-    g = _gen(95)
+    g = seeded(95)
     cases = [(8, 32, 8, 32), (16, 64, 4, 16), (5, 96, 4, 32), (32, 128, 8, 128), (7, 24, 3, 8), (10, 40, 2, 4), (12, 256, 4, 64)]
     for n_out, n_in, bits, group_size in cases:
         w = torch.randn(n_out, n_in, generator=g) * torch.rand(n_out, 1, generator=g) * 2
@@ -405,12 +401,12 @@ def check_dequantize_groupwise(fn, hidden: bool = False) -> None:
     if not hidden:
         _compare_dequantize(fn, torch.tensor([[7, -4, 7, 1]], dtype=torch.int8), torch.tensor([[0.1, 1.0]]),
                             label="the worked example (expected [[0.7, -0.4, 7, 1]])")  # fmt: skip
-        g = _gen(96)
+        g = seeded(96)
         q, scale = quantization.quantize_groupwise(torch.randn(3, 12, generator=g), 4, 4)
         _compare_dequantize(fn, q, scale)
         passed(fn, "the worked example and a random case are right")
         return
-    g = _gen(97)
+    g = seeded(97)
     n = 0
     for n_out, n_in, bits, group_size in [(8, 32, 8, 32), (16, 64, 4, 16), (5, 96, 4, 32), (7, 24, 3, 8), (4, 128, 4, 64), (9, 8, 2, 2)]:
         q, scale = quantization.quantize_groupwise(torch.randn(n_out, n_in, generator=g) * 3, bits, group_size)

@@ -23,11 +23,7 @@ import random
 import torch
 
 from llm_course import failures
-from llm_course.grading import call, expect_tensor, fail, forbid_reference, passed, short
-
-
-def _gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
+from llm_course.grading import call, expect_tensor, fail, forbid_reference, passed, seeded, short
 
 
 # --------------------------------------------------------------------------- retrieval_prompt
@@ -162,7 +158,7 @@ def check_accuracy_by_position(fn, hidden: bool = False) -> None:
         _compare_accuracy(fn, t([1, 1, 1, 1]), t([1, 2, 1, 2]), t([0, 0, 2, 2]), 3, " (position 1 has no example)")
         passed(fn, "the worked example, an all-correct case and an empty position are right")
         return
-    g = _gen(141)
+    g = seeded(141)
     cases = 0
     for n, n_positions, n_classes in [(1, 1, 2), (10, 3, 2), (100, 8, 4), (1000, 16, 3), (997, 20, 64), (50, 40, 2)]:
         predictions = torch.randint(0, n_classes, (n,), generator=g)
@@ -222,7 +218,7 @@ def check_expected_calibration_error(fn, hidden: bool = False) -> None:
         _compare_ece(fn, t([1.0, 0.95, 0.95, 0.35]), t([False, False, False, True]), 10, " (confidently wrong, p = 1.0 included)")
         passed(fn, "the worked example, a calibrated bin and a confidently wrong model are right")
         return
-    g = _gen(142)
+    g = seeded(142)
     cases = 0
     for n, n_bins in [(1, 1), (10, 5), (200, 10), (1000, 15), (333, 7), (50, 20)]:
         probs = torch.rand(n, generator=g)

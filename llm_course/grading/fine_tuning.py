@@ -22,13 +22,9 @@ import torch
 from torch.nn import functional as F
 
 from llm_course import lora, sft
-from llm_course.grading import call, expect_tensor, fail, forbid_reference, passed
+from llm_course.grading import call, expect_tensor, fail, forbid_reference, passed, seeded
 
 TOL = dict(atol=1e-5, rtol=1e-4)
-
-
-def _gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 def _close(got: torch.Tensor, want: torch.Tensor) -> bool:
@@ -111,14 +107,14 @@ def check_masked_sft_loss(fn, hidden: bool = False) -> None:
         logits = torch.tensor([[[0.0, 0.0], [math.log(3.0), 0.0], [0.0, math.log(4.0)]]])
         _compare_loss(fn, logits, torch.tensor([[1, 0, 1]]), torch.tensor([[False, True, True]]),
                       label="the worked example (expected 0.2554)")  # fmt: skip
-        g = _gen(110)
+        g = seeded(110)
         logits, targets, mask = _loss_case(g, 2, 6, 5)
         mask = torch.tensor([[0, 0, 1, 1, 1, 1], [0, 0, 0, 0, 1, 0]], dtype=torch.bool)
         _compare_loss(fn, logits, targets, mask, label="2 sequences with 4 and 1 response tokens")
         _compare_loss(fn, logits.requires_grad_(), targets, mask, label="logits that require gradients")
         passed(fn, "the worked example and a batch of two sequences are right")
         return
-    g = _gen(111)
+    g = seeded(111)
     n = 0
     for B, T, V in [(1, 5, 3), (3, 8, 11), (4, 16, 50), (2, 12, 7), (5, 9, 20), (8, 32, 100)]:
         _compare_loss(fn, *_loss_case(g, B, T, V))
@@ -199,14 +195,14 @@ def check_lora_forward(fn, hidden: bool = False) -> None:
         W, b = torch.eye(2), torch.tensor([0.5, -0.5])
         A, B = torch.tensor([[1.0, 1.0]]), torch.tensor([[2.0], [0.0]])
         _compare_forward(fn, x, W, b, A, B, 0.5, label="the worked example (expected [[4.5, 1.5]])")
-        g = _gen(112)
+        g = seeded(112)
         _compare_forward(fn, *_forward_case(g, (3,), 6, 4, 2, 2.0))
         _compare_forward(fn, *_forward_case(g, (2, 5), 8, 8, 8, 0.25, bias=False))
         x, W, b, A, B, s = _forward_case(g, (3,), 6, 4, 2, 2.0)
         _compare_forward(fn, x, W, b, A.requires_grad_(), B.requires_grad_(), s, label="A and B that require gradients")
         passed(fn, "the worked example, a batch, a layer without bias and the gradient to A and B are right")
         return
-    g = _gen(113)
+    g = seeded(113)
     cases = [((4,), 16, 8, 4, 2.0, True), ((2, 3), 12, 20, 2, 4.0, True), ((5,), 32, 32, 8, 1.0, False),
              ((1, 7), 10, 6, 1, 16.0, True), ((3, 2, 4), 8, 5, 3, 0.5, True), ((6,), 24, 24, 24, 2.0, True)]  # fmt: skip
     for batch, d_in, d_out, r, scale, bias in cases:
@@ -264,11 +260,11 @@ def check_merge_weight(fn, hidden: bool = False) -> None:
         # halved [[1, 1], [0, 0]], so W + scale B A = [[2, 1], [0, 1]].
         _compare_merge(fn, torch.eye(2), torch.tensor([[1.0, 1.0]]), torch.tensor([[2.0], [0.0]]), 0.5,
                        label="the worked example (expected [[2, 1], [0, 1]])")  # fmt: skip
-        g = _gen(114)
+        g = seeded(114)
         _compare_merge(fn, torch.randn(4, 6, generator=g), torch.randn(2, 6, generator=g), torch.randn(4, 2, generator=g), 2.0)
         passed(fn, "the worked example and a random (4, 6) weight of rank-2 update are right")
         return
-    g = _gen(115)
+    g = seeded(115)
     cases = [(8, 8, 8, 2.0), (16, 8, 4, 0.5), (5, 12, 1, 16.0), (32, 32, 4, 4.0), (3, 7, 2, 1.0), (20, 10, 5, 3.0)]
     for n_out, n_in, r, scale in cases:
         _compare_merge(fn, torch.randn(n_out, n_in, generator=g), torch.randn(r, n_in, generator=g),

@@ -37,6 +37,7 @@ from llm_course.grading import (
     fail,
     forbid_reference,
     passed,
+    seeded,
     short,
     time_limit,
 )
@@ -56,10 +57,6 @@ def _one_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(threads)
-
-
-def _gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 def _fmt(values) -> str:
@@ -129,7 +126,7 @@ def check_apply_temperature(fn, hidden: bool = False) -> None:
         _unchanged_input(fn, logits, 0.5)
         passed(fn, "the hand-worked examples are right (T = 0.5, 2, 1, a batch) and T = -1 raises ValueError")
         return
-    g = _gen(1)
+    g = seeded(1)
     cases = 0
     for shape in [(7,), (3, 11), (2, 4, 50), (1, 1000)]:
         for T in [0.05, 0.7, 1.0, 1.5, 10.0]:
@@ -270,7 +267,7 @@ def check_top_k_filter(fn, hidden: bool = False) -> None:
         _unchanged_input(fn, logits, 2)
         passed(fn, "the hand-worked examples are right (k = 2, 1, 4, a batch, a tie) and k = 0 raises ValueError")
         return
-    g = _gen(2)
+    g = seeded(2)
     cases = 0
     for shape in [(10,), (4, 30), (2, 3, 50)]:
         V = shape[-1]
@@ -351,7 +348,7 @@ def check_top_p_filter(fn, hidden: bool = False) -> None:
         _unchanged_input(fn, logits, 0.5)
         passed(fn, "the hand-worked examples are right (top_p = 0.4, 0.5, 0.8, 1, a batch, a removed token)")
         return
-    g = _gen(3)
+    g = seeded(3)
     cases = 0
     for scale in [0.5, 2.0, 5.0]:
         for top_p in [0.05, 0.3, 0.5, 0.9, 0.99]:
@@ -396,7 +393,7 @@ def _draw(fn, logits, T, k, p, seed: int | None, global_seed: int = 0):
     state = torch.get_rng_state()
     torch.manual_seed(global_seed)
     try:
-        generator = None if seed is None else _gen(seed)
+        generator = None if seed is None else seeded(seed)
         return call(fn, logits, temperature=T, top_k=k, top_p=p, generator=generator)
     finally:
         torch.set_rng_state(state)
@@ -494,7 +491,7 @@ def _check_distribution(fn, base: torch.Tensor, T, k, p, seed: int) -> None:
     logits = base.repeat(N_DRAWS // R, 1)  # (N, V), rows cycle through base
     text = f"sample_next(logits of shape {tuple(logits.shape)}, {_settings(T, k, p)})"
     ids = _ids(fn, _draw(fn, logits, T, k, p, seed=seed), (logits.shape[0],), V, text).long()
-    if torch.equal(ids, sampling.sample_next(logits, T, k, p, _gen(seed))):
+    if torch.equal(ids, sampling.sample_next(logits, T, k, p, seeded(seed))):
         return  # the reference's draws exactly
     for r in range(R):
         row = base[r]
@@ -537,7 +534,7 @@ def check_sample_next(fn, hidden: bool = False) -> None:
 
 def _check_sample_next(fn, hidden: bool) -> None:
     if not hidden:
-        logits = torch.randn(4, 10, generator=_gen(40)) * 2
+        logits = torch.randn(4, 10, generator=seeded(40)) * 2
         _check_greedy(fn, logits)
         _check_greedy(fn, logits, k=3, p=0.5)
         _check_reproducible(fn, logits.repeat(64, 1), 1.0, None, None)
@@ -551,7 +548,7 @@ def _check_sample_next(fn, hidden: bool) -> None:
             "invalid settings raise ValueError",
         )
         return
-    g = _gen(42)
+    g = seeded(42)
     _check_greedy(fn, torch.randn(7, 50, generator=g) * 3, k=5, p=0.9)
     _check_greedy(fn, torch.randn(1, 3, generator=g))
     _check_reproducible(fn, torch.randn(200, 30, generator=g), 0.8, 10, 0.9)
@@ -624,7 +621,7 @@ def _scaled_transformer(seed: int, **changes) -> Transformer:
     """A small random transformer with weights 10x GPT-2's: its predictions depend on the context."""
     sizes = dict(vocab_size=160, context_length=16, d_model=32, n_layers=2, n_heads=2)
     config = TransformerConfig(**{**sizes, **changes})
-    model = Transformer(config, generator=_gen(seed)).eval()
+    model = Transformer(config, generator=seeded(seed)).eval()
     with torch.no_grad():
         for name, param in model.named_parameters():
             if "norm" not in name:
@@ -707,14 +704,14 @@ def _check_perplexity(fn, hidden: bool) -> None:
     if not hidden:
         # 1. A model whose logits are all 0 predicts uniformly: the perplexity is V = 7, whatever the windows.
         uniform = _PositionModel(vocab_size=7, context_length=8, slope=0.0)
-        ids = torch.randint(0, 7, (20,), generator=_gen(50))
+        ids = torch.randint(0, 7, (20,), generator=seeded(50))
         _compare_perplexity(fn, uniform, ids, 8, 4, " (uniform model, V = 7)")
         # 2. The worked example: 9 zeros, windows of 4 moved by 2, token 0's logit = position in window.
         position = _PositionModel(vocab_size=4, context_length=4)
         _compare_perplexity(fn, position, torch.zeros(9, dtype=torch.long), 4, 2, " (the worked example)")
         # 3.-4. A small random transformer, overlapping and then disjoint windows.
         model = _scaled_transformer(51, context_length=8)
-        ids = torch.randperm(160, generator=_gen(52))[:30]
+        ids = torch.randperm(160, generator=seeded(52))[:30]
         _compare_perplexity(fn, model, ids, 8, 4)
         _compare_perplexity(fn, model, ids[:25], 8, 8)
         passed(fn, "the uniform model, the worked example and 2 small transformer cases are right")
@@ -722,15 +719,15 @@ def _check_perplexity(fn, hidden: bool) -> None:
     cases = 0
     for seed, changes in [(60, {}), (61, dict(norm="rmsnorm", activation="swiglu", position="rope", bias=False))]:
         model = _scaled_transformer(seed, **changes)
-        g = _gen(seed + 100)
+        g = seeded(seed + 100)
         shapes = [(100, 16, 1), (100, 16, 5), (101, 16, 8), (97, 16, 16), (40, 8, 3), (17, 16, 4), (9, 16, 16), (2, 8, 1)]
         for N, L, stride in shapes:
             _compare_perplexity(fn, model, torch.randperm(160, generator=g)[:N], L, stride)
             cases += 1
     model = _scaled_transformer(62)
-    _compare_perplexity(fn, model, torch.randperm(160, generator=_gen(63))[:50], None, None, " (the defaults)")
+    _compare_perplexity(fn, model, torch.randperm(160, generator=seeded(63))[:50], None, None, " (the defaults)")
     position = _PositionModel(vocab_size=5, context_length=6, slope=0.7)
     _compare_perplexity(fn, position, torch.zeros(30, dtype=torch.long), 6, 4, " (a model that counts positions)")
-    repeated = torch.randint(0, 20, (60,), generator=_gen(64))  # repeated tokens: windows shown by their length
+    repeated = torch.randint(0, 20, (60,), generator=seeded(64))  # repeated tokens: windows shown by their length
     _compare_perplexity(fn, _scaled_transformer(65), repeated, 12, 5)
     passed(fn, f"all {cases + 3} cases (GPT- and Llama-style models, strides 1 .. L, 2 .. 101 tokens, defaults) match")

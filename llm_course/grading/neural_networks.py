@@ -35,6 +35,7 @@ from llm_course.grading import (
     first_difference,
     forbid_reference,
     passed,
+    seeded,
     short,
 )
 
@@ -43,10 +44,6 @@ TOL = dict(atol=1e-10, rtol=1e-10)  # float64, unit-scale values, a few products
 # The RNN norms range from 1e-30 to 1e+30: compare relatively, with a floor far below the largest norm
 # (near-saturated units make 1 - h^2 sensitive to the order of the sums in a student's forward pass).
 NORM_RTOL, NORM_FLOOR = 1e-6, 1e-14
-
-
-def _gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 def _show(t: torch.Tensor, limit: int = 100) -> str:
@@ -166,12 +163,12 @@ def check_linear_forward(fn, hidden: bool = False) -> None:
         want = torch.tensor([[1.0, 2.0, 3.0], [0.0, -1.0, -1.0]], dtype=F64)
         label = "the worked example with b=None (expected [[1, 2, 3], [0, -1, -1]])"
         _compare_linear_forward(fn, x, W, None, label, want)
-        g = _gen(10)
+        g = seeded(10)
         x, W, b = (torch.randn(*shape, generator=g, dtype=F64) for shape in [(4, 3), (5, 3), (5,)])
         _compare_linear_forward(fn, x, W, b)
         passed(fn, "the worked example (with and without bias) and a random batch are right")
         return
-    g = _gen(11)
+    g = seeded(11)
     shapes = [(1, 1, 1), (1, 4, 3), (6, 2, 5), (3, 4, 4), (5, 5, 5), (32, 10, 7), (2, 1, 6), (7, 6, 1)]
     n = 0
     for i, (B, n_in, n_out) in enumerate(shapes):
@@ -310,12 +307,12 @@ def check_linear_backward(fn, hidden: bool = False) -> None:
             torch.tensor([3.0, -1.0], dtype=F64),
         )
         _compare_linear_backward(fn, x, W, grad_out, "the batch of two (x is 2 x 3, W is 2 x 3)", expected)
-        g = _gen(20)
+        g = seeded(20)
         x, W = torch.randn(5, 4, generator=g, dtype=F64), torch.randn(3, 4, generator=g, dtype=F64)
         _compare_linear_backward(fn, x, W, torch.randn(5, 3, generator=g, dtype=F64))
         passed(fn, "the 2 hand-worked examples and a random batch match the chain rule (and autograd)")
         return
-    g = _gen(21)
+    g = seeded(21)
     shapes = [(1, 1, 1), (4, 4, 4), (3, 5, 5), (6, 2, 7), (1, 8, 3), (9, 3, 1), (16, 12, 10), (2, 6, 6), (5, 1, 4)]
     for B, n_in, n_out in shapes:
         x = torch.randn(B, n_in, generator=g, dtype=F64)
@@ -403,7 +400,7 @@ def check_sgd_step(fn, hidden: bool = False) -> None:
                      "p = 3, g = 2, lr = 0.5 (expected [2])", [torch.tensor([2.0], dtype=F64)])
         passed(fn, "the 2 hand-worked examples are right, and the inputs are left unchanged")
         return
-    g = _gen(30)
+    g = seeded(30)
     cases = 0
     for lr in [0.1, 1e-3, 2.5, 0.0, 0.7]:
         for n in [1, 3, 6]:
@@ -536,11 +533,11 @@ def check_rnn_gradient_norms(fn, hidden: bool = False) -> None:
         )
         xs = torch.tensor([[1.0], [0.0]], dtype=F64)
         _compare_norms(fn, one, one, xs, torch.zeros(1, dtype=F64), label, [1 - h2 * h2, 1.0])
-        g = _gen(40)
+        g = seeded(40)
         _compare_norms(fn, *_rnn_case(g, H=4, T=6, d=3, radius=0.9, scale=1.0))
         passed(fn, "the 2 hand-worked examples and a small random RNN are right")
         return
-    g = _gen(41)
+    g = seeded(41)
     cases = [  # H, T, d, spectral radius, input scale
         (1, 1, 1, 0.5, 1.0), (3, 2, 2, 1.0, 1.0), (8, 12, 3, 0.5, 1.0), (16, 50, 4, 0.9, 0.0),
         (16, 50, 4, 1.5, 0.0), (32, 50, 4, 0.9, 1.0), (32, 50, 4, 3.0, 1.0), (8, 30, 5, 100.0, 1.0),

@@ -28,11 +28,7 @@ from torch.nn import functional as F
 from torch.optim._functional import adam as functional_adam, adamw as functional_adamw
 
 from llm_course import losses, optim, trainer
-from llm_course.grading import CheckFailed, call, fail, forbid_reference, passed, short
-
-
-def _gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
+from llm_course.grading import CheckFailed, call, fail, forbid_reference, passed, seeded, short
 
 
 def _fmt(values, n: int = 6) -> str:
@@ -147,7 +143,7 @@ def check_cross_entropy(fn, hidden: bool = False) -> None:
                                label="large logits (expected (1000 + ln 2) / 2 = 500.3466)")  # fmt: skip
         passed(fn, "the 4 hand-worked examples are right (including padding and logits of 1000)")
         return
-    g = _gen(60)
+    g = seeded(60)
     n = 0
     for i, scale in enumerate([1.0, 3.0, 10.0, 100.0, 1.0, 30.0]):
         N, V = [5, 1, 12, 7, 30, 3][i], [7, 50, 2, 300, 11, 1000][i]
@@ -254,7 +250,7 @@ def check_adamw_step(fn, hidden: bool = False) -> None:
         _compare_adamw(fn, p, g, m, v, 3, 0.01, (0.9, 0.95), 1e-8, 0.1, label="step 3 with moments and weight decay")
         passed(fn, "the 3 hand-worked updates are right (bias correction and decoupled weight decay)")
         return
-    g = _gen(61)
+    g = seeded(61)
     n = 0
     for i in range(6):  # chains of updates: each output is the next input, as in training
         shape = [(5,), (3, 4), (2, 3, 2), (1,), (16,), (4, 4)][i]
@@ -409,7 +405,7 @@ def check_clip_grad_norm(fn, hidden: bool = False) -> None:
         _compare_clip(fn, [torch.tensor([[1.0, 1.0], [1.0, 1.0]])], 1.0, label="one (2, 2) tensor of ones (norm 2)")
         passed(fn, "the 3 hand-worked examples are right")
         return
-    g = _gen(63)
+    g = seeded(63)
     n = 0
     for i in range(10):
         shapes = [[(4,), (3, 3)], [(10, 2), (7,), (2, 2, 2)], [(1,)], [(64,), (8, 8), (3,)]][i % 4]
