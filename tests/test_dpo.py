@@ -8,9 +8,7 @@ import torch
 from llm_course import dpo
 from llm_course.lora import apply_lora, lora_disabled
 from llm_course.preferences import Preference
-from llm_course.sft import add_chat_tokens
-from llm_course.tokenizer import Tokenizer
-from llm_course.transformer import Transformer, TransformerConfig
+from tests.alignment_setup import chat_tokenizer, tiny_model
 
 
 def test_dpo_loss_by_hand():
@@ -71,20 +69,12 @@ def test_sequence_logprobs_respects_mask_and_padding():
 
 @pytest.fixture(scope="module")
 def tok():
-    t = Tokenizer.train("Write about: list. A list of string objects. The good answer is bad. " * 10, 300,
-                        special_tokens=["<|endoftext|>"])  # fmt: skip
-    add_chat_tokens(t)
-    return t
-
-
-def _tiny(vocab, seed=0):
-    cfg = TransformerConfig(vocab_size=vocab, context_length=64, d_model=32, n_layers=2, n_heads=2)
-    return Transformer(cfg, generator=torch.Generator().manual_seed(seed)).eval()
+    return chat_tokenizer()
 
 
 def test_lora_disabled_reference_equals_the_sft_model(tok):
-    sft_model = _tiny(tok.n_vocab)
-    policy = apply_lora(_tiny(tok.n_vocab), ("w_q", "w_v", "lm_head"), r=4, alpha=8)
+    sft_model = tiny_model(tok.n_vocab)
+    policy = apply_lora(tiny_model(tok.n_vocab), ("w_q", "w_v", "lm_head"), r=4, alpha=8)
     with torch.no_grad():
         for name, p in policy.named_parameters():
             if "lora_B" in name:
@@ -103,7 +93,7 @@ def test_lora_disabled_reference_equals_the_sft_model(tok):
 def test_dpo_train_increases_the_margin(tok):
     torch.manual_seed(0)
     pairs = [Preference("Write about: list", "a list of string objects", "the good answer is bad", 2.0, 0.0)] * 4
-    policy = apply_lora(_tiny(tok.n_vocab), ("w_q", "w_v", "lm_head"), r=4, alpha=8)
+    policy = apply_lora(tiny_model(tok.n_vocab), ("w_q", "w_v", "lm_head"), r=4, alpha=8)
     calls = []
     result = dpo.dpo_train(policy, pairs, tok, beta=0.1, steps=20, batch_size=4, lr=1e-2,
                            track_fn=lambda p: calls.append(1) or {"x": 1.0}, track_every=10)  # fmt: skip
@@ -112,4 +102,4 @@ def test_dpo_train_increases_the_margin(tok):
     assert result.margins[-1] > 0.5 and result.losses[-1] < 0.5 and result.accuracies[-1] == 1.0
     assert result.tracked["step"] == [0.0, 10.0, 20.0] and len(calls) == 3
     with pytest.raises(ValueError, match="LoRA"):
-        dpo.dpo_train(_tiny(tok.n_vocab), pairs, tok, steps=1)
+        dpo.dpo_train(tiny_model(tok.n_vocab), pairs, tok, steps=1)

@@ -7,7 +7,7 @@ import torch
 
 from llm_course import ppo
 from llm_course.lora import apply_lora
-from llm_course.transformer import Transformer, TransformerConfig
+from tests.alignment_setup import tiny_model
 
 
 def test_token_logprobs_gathers_the_right_entries():
@@ -160,9 +160,8 @@ def test_response_mask_keeps_the_first_end_token():
     assert got.tolist() == [[True, True, True, False], [True, False, False, False], [True, True, True, True]]
 
 
-def _tiny(seed=0, vocab=12):
-    cfg = TransformerConfig(vocab_size=vocab, context_length=32, d_model=32, n_layers=2, n_heads=2)
-    return Transformer(cfg, generator=torch.Generator().manual_seed(seed)).eval()
+def _tiny():
+    return tiny_model(vocab=12, context_length=32)
 
 
 def test_rollout_at_start_has_zero_kl_and_consistent_shapes():

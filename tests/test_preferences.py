@@ -4,9 +4,8 @@ import pytest
 import torch
 
 from llm_course import preferences as P
-from llm_course.sft import END, add_chat_tokens
-from llm_course.tokenizer import Tokenizer
-from llm_course.transformer import Transformer, TransformerConfig
+from llm_course.sft import END
+from tests.alignment_setup import chat_tokenizer, tiny_model
 
 
 def test_ground_truth_score_by_hand():
@@ -28,10 +27,7 @@ def test_corpus_sentences_and_topics():
 
 @pytest.fixture(scope="module")
 def tok():
-    t = Tokenizer.train("Write about: list. A list of string objects. The object is a value. " * 10, 300,
-                        special_tokens=["<|endoftext|>"])  # fmt: skip
-    add_chat_tokens(t)
-    return t
+    return chat_tokenizer("Write about: list. A list of string objects. The object is a value. ")
 
 
 def test_collate_responses_masks_the_response_and_pads_right(tok):
@@ -50,8 +46,7 @@ def test_decode_responses_stops_at_the_end_token(tok):
 
 
 def test_make_preferences_is_seeded_and_ordered(tok):
-    cfg = TransformerConfig(vocab_size=tok.n_vocab, context_length=64, d_model=32, n_layers=2, n_heads=2)
-    model = Transformer(cfg, generator=torch.Generator().manual_seed(0)).eval()
+    model = tiny_model(tok.n_vocab)
     instructions = ["Write about: list"] * 12
     a = P.make_preferences(model, tok, instructions, seed=3, max_new_tokens=8)
     assert len(a) > 0 and a == P.make_preferences(model, tok, instructions, seed=3, max_new_tokens=8)

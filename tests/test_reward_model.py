@@ -8,9 +8,7 @@ from torch.nn import functional as F
 
 from llm_course import reward_model as rmod
 from llm_course.preferences import Preference, collate_responses
-from llm_course.sft import add_chat_tokens
-from llm_course.tokenizer import Tokenizer
-from llm_course.transformer import Transformer, TransformerConfig
+from tests.alignment_setup import chat_tokenizer, tiny_model
 
 
 def test_pairwise_loss_by_hand():
@@ -48,21 +46,13 @@ def test_preference_accuracy_counts_ties_half():
     assert rmod.preference_accuracy(torch.tensor([1.0, 0.0, 2.0, 5.0]), torch.tensor([0.0, 1.0, 2.0, 1.0])) == 0.625
 
 
-def _tiny(vocab, seed=0):
-    cfg = TransformerConfig(vocab_size=vocab, context_length=64, d_model=32, n_layers=2, n_heads=2)
-    return Transformer(cfg, generator=torch.Generator().manual_seed(seed))
-
-
 @pytest.fixture(scope="module")
 def tok():
-    t = Tokenizer.train("Write about: list. A list of string objects. The good answer is bad. " * 10, 300,
-                        special_tokens=["<|endoftext|>"])  # fmt: skip
-    add_chat_tokens(t)
-    return t
+    return chat_tokenizer()
 
 
 def test_reward_model_reads_the_last_real_token(tok):
-    rm = rmod.RewardModel(_tiny(tok.n_vocab))
+    rm = rmod.RewardModel(tiny_model(tok.n_vocab))
     torch.nn.init.normal_(rm.head.weight)
     tokens, _, lengths = collate_responses(["Write about: list"] * 2, ["good", "a list of string objects"], tok)
     both = rm(tokens, lengths)
@@ -76,7 +66,7 @@ def test_reward_model_reads_the_last_real_token(tok):
 def test_reward_model_learns_a_separable_preference(tok):
     torch.manual_seed(0)
     pairs = [Preference("Write about: list", "good", "bad", 1.0, 0.0)] * 8
-    rm = rmod.RewardModel(_tiny(tok.n_vocab))
+    rm = rmod.RewardModel(tiny_model(tok.n_vocab))
     assert rmod.evaluate_reward_model(rm, pairs[:1], tok) == 0.5  # the zero head ties everything
     result = rmod.train_reward_model(rm, pairs, tok, steps=30, batch_size=8, lr=3e-3)
     assert result.losses[0] == pytest.approx(math.log(2), abs=1e-5)
