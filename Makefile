@@ -2,14 +2,17 @@
 # Python packages, MathJax) on a fresh machine, and reuses it afterwards.
 #
 #   make book        build the book into _build/html (every chapter executed)
+#   make book EDITION=student   the edition for a graded class, into _build/student/html
 #   make test        run the whole test suite
 #   make exercises   regenerate exercises/ from solutions/ with nbgrader
 #   make bench       run the benchmarks (ratios against baselines, see bench/)
 #
 # Instructors (see README.md):
-#   make release                       every assignment: solutions/ -> exercises/ and the gradebook
+#   make release                       every assignment: solutions/ -> exercises/ and the gradebook,
+#                                      with the due dates of schedule.toml
 #   make autograde SUBMISSIONS=dir     grade a folder of collected notebooks for the whole class:
-#                                      feedback/ (offline math), report/grades.csv, scores.png, report.md
+#                                      feedback/ (offline math), report/grades.csv, scores.png, report.md;
+#                                      student code runs in the sandbox (root; LLM_COURSE_SANDBOX=0: without)
 #   make autograde SUBMISSIONS=dir WORKERS=4 DB=--postgres   graders in parallel (PostgreSQL)
 #   make simulate-class                30 simulated students, every score checked (a benchmark)
 
@@ -26,7 +29,7 @@ PYTEST_WORKERS ?= 2
 # nbgrader runs tools of the environment (alembic) as commands: put the venv first on PATH.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: book browser test exercises bench clean release autograde simulate-class
+.PHONY: book browser graphviz test exercises bench clean release autograde simulate-class
 
 $(VENV)/.book-deps: requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -61,13 +64,30 @@ browser:
 	    fi; \
 	fi
 
-book: $(VENV)/.book-deps $(MATHJAX) browser
-	$(PY) scripts/book_cache.py
-	$(VENV)/bin/jupyter-book build . -W --keep-going
-	$(PY) scripts/check_book.py _build/html
-	@echo "The book is in _build/html/index.html"
+# Debian's Graphviz: Sphinx renders the book's diagrams (```{graphviz} sources) to SVG with `dot`.
+graphviz:
+	@if ! command -v dot >/dev/null; then \
+	    if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	        apt-get install -y -q graphviz >/dev/null \
+	        || { apt-get update -q >/dev/null && apt-get install -y -q graphviz >/dev/null; }; \
+	    else \
+	        echo "The book's diagrams need Graphviz (Debian: apt-get install graphviz)."; \
+	        exit 1; \
+	    fi; \
+	fi
 
-test: $(VENV)/.test-deps $(MATHJAX) browser
+# The edition (see README.md): self-study shows each reference after its exercise, behind a
+# "show solution" toggle; student never contains a graded function's body (host it for a class).
+EDITION ?= self-study
+BOOK_HTML := $(if $(filter student,$(EDITION)),_build/student/html,_build/html)
+
+book: $(VENV)/.book-deps $(MATHJAX) browser graphviz
+	$(PY) scripts/book_cache.py
+	$(PY) scripts/build_book.py $(EDITION)
+	$(PY) scripts/check_book.py $(BOOK_HTML) $(if $(filter student,$(EDITION)),--student)
+	@echo "The $(EDITION) edition of the book is in $(BOOK_HTML)/index.html"
+
+test: $(VENV)/.test-deps $(MATHJAX) browser graphviz
 	$(PY) -m pytest -n $(PYTEST_WORKERS) --durations=15
 
 exercises: $(VENV)/.book-deps

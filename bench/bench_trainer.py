@@ -16,7 +16,7 @@ order, so slow drifts of a shared machine hit all of them alike; the script prin
 tokens/s and the ratios ours / theirs.
 
 Part 2 (--ladder) climbs the ladder of speed-ups one technique at a time on the course's
-trainer: fp32 -> + bf16 autocast -> + fused attention -> + torch.compile -> + fused AdamW,
+trainer: fp32 -> + TF32 matmuls -> + bf16 autocast -> + fused attention -> + torch.compile -> + fused AdamW,
 printing tokens/s and model FLOPs utilization (MFU, against the GPU's dense bf16 peak) of each
 rung. On CUDA it uses GPT-2 small (124M parameters, context 1024, vocabulary 50304) on random
 token ids; elsewhere a small model, and torch.compile only with --compile-on-cpu.
@@ -40,7 +40,7 @@ from llm_course.checkpoints import to_hf_config
 from llm_course.data import default_corpus
 from llm_course.optim import decay_groups, warmup_cosine_scheduler
 from llm_course.tokenizer import Tokenizer
-from llm_course.trainer import TokenBatches, Trainer, TrainConfig, encode_split, flops_per_token, peak_flops
+from llm_course.trainer import TokenBatches, Trainer, TrainConfig, encode_split, palm_flops_per_token, peak_flops
 from llm_course.transformer import Transformer, TransformerConfig, gpt2_small
 from llm_course.utils import get_device, set_seed
 from timing import synchronize  # bench/timing.py
@@ -156,13 +156,14 @@ def ladder(args, device: torch.device) -> None:
     tokens = torch.randint(0, config.vocab_size, (batch * seq * (steps + 20) * 2,), generator=g)
     rungs = [
         ("fp32", dict(precision="fp32"), False),
+        ("+ TF32 matmuls", dict(precision="tf32"), False),  # the same as fp32 on a CPU
         ("+ bf16 autocast", dict(precision="bf16"), False),
         ("+ fused attention", dict(precision="bf16"), True),
         ("+ torch.compile", dict(precision="bf16", compile=True), True),
         ("+ fused AdamW", dict(precision="bf16", compile=True, fused_adamw=True), True),
     ]
     peak = peak_flops(device)
-    fpt = flops_per_token(config, seq)
+    fpt = palm_flops_per_token(config, seq)
     print(
         f"\npart 2, the ladder: {sum(p.numel() for p in Transformer(config).parameters()) / 1e6:.0f}M parameters, "
         f"batch {batch} x {seq}, {fpt / 1e6:.1f} MFLOP per token (6N + 12LTC), on {device}"

@@ -13,6 +13,11 @@ adds no grading system of its own. The pieces:
 - :mod:`instructor.feedback` -- feedback HTML that renders math without network;
 - :mod:`instructor.report` -- score distributions and the most common failures;
 - :mod:`instructor.postgres` -- a throwaway local PostgreSQL server for parallel grading;
+- :mod:`instructor.sandbox` (with ``sandbox_launch`` and ``sandbox_startup``) -- the grading
+  kernel's sandbox: another user, no network, hard limits, the course read-only;
+- :mod:`instructor.schedule` and :mod:`instructor.late_penalty` -- due dates from
+  ``schedule.toml`` and nbgrader's late-submission plugin;
+- :mod:`instructor.lms_export` -- nbgrader export plugins for Canvas's and Moodle's grade import;
 - :mod:`instructor.simulate_class` -- a simulated class with known scores (benchmark
   and end-to-end test of all of the above).
 """

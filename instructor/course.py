@@ -138,12 +138,20 @@ def assignments_of(course: Path) -> list[str]:
 
 
 def release(course: Path, assignments: list[str] | None = None, db_url: str | None = None) -> list[str]:
-    """Generate the student version of every assignment into exercises/ (and the gradebook)."""
+    """Generate the student version of every assignment into exercises/ (and the gradebook).
+
+    Due dates come from the course's schedule.toml (instructor/schedule.py) and go into the gradebook.
+    """
+    from instructor.schedule import SCHEDULE, load_schedule, set_due_dates
+
     grader = Grader(course, db_url)
     names = assignments or assignments_of(course)
+    due = load_schedule(Path(course) / SCHEDULE, assignments_of(course))
     for name in names:
         grader.generate(name)
-        print(f"released {name} -> exercises/{name}")
+        when = f", due {due[name]:%Y-%m-%d %H:%M} UTC" if name in due else ", no due date in schedule.toml"
+        print(f"released {name} -> exercises/{name}{when}")
+    set_due_dates(grader.coursedir.db_url, {name: due[name] for name in names if name in due})
     return names
 
 
@@ -164,6 +172,9 @@ def import_submissions(course: Path, submissions: Path, assignments: list[str]) 
                 dest.mkdir(parents=True)
                 for nb in notebooks:
                     shutil.copy2(nb, dest / nb.name)
+                stamp = student_dir / assignment / "timestamp.txt"  # when it was handed in (late penalties)
+                if stamp.exists():
+                    shutil.copy2(stamp, dest / stamp.name)
             jobs.append(Job(assignment, student))
     return jobs
 
@@ -291,7 +302,10 @@ def main(argv: list[str] | None = None) -> int:
     grade.add_argument("--postgres", action="store_true", help="run a private PostgreSQL server for this command")
     grade.add_argument("--no-feedback", action="store_true")
     grade.add_argument("--report", type=Path, help="report folder (default: report/)")
+    grade.add_argument("--no-sandbox", action="store_true", help="run student code as you, with the network (instructor/sandbox.py)")
     args = parser.parse_args(argv)
+    if getattr(args, "no_sandbox", False):
+        os.environ["LLM_COURSE_SANDBOX"] = "0"  # read by nbgrader_config.py, in this process and its workers
     course = args.course.resolve()
     if not (course / "nbgrader_config.py").exists():
         parser.error(f"{course} holds no nbgrader_config.py")

@@ -4,8 +4,12 @@ nbgrader's ``Autograde`` runs a list of preprocessors on each submitted notebook
 the course's list is nbgrader's own with three additions:
 
 ``GuardChecks`` (before execution)
-    Inserts a first cell, run before any student code, that sets the kernel's
-    memory limit (``RLIMIT_AS``) and imports the chapter's checks module
+    Keeps only the definitions of the student's code cells (every code cell that is
+    not a test cell or a locked cell exactly as released): imports, functions,
+    classes and constants (``instructor/definitions.py``); the dropped statements
+    are listed in the graded notebook. Then inserts a first cell, run before
+    any student code, that sets the kernel's memory limit (``RLIMIT_AS``), makes the
+    student's folder unimportable, and imports the chapter's checks module
     (``llm_course.grading.<chapter>``, with the ``llm_course`` reference
     implementations it compares against), then removes that copy from
     ``sys.modules``. The student's own ``import`` statements therefore load a
@@ -28,21 +32,22 @@ the course's list is nbgrader's own with three additions:
 
 What this defends, and what it does not
 ---------------------------------------
-Python code in the same process can never be fully fenced in. Defended: a
-submission that replaces functions of the checks module it imported
-(``checks.check_merge = lambda *a, **k: None``), of ``llm_course.grading``
-(``fail``, ``call``, ``forbid_reference``) or of the reference implementations
-(``llm_course.bpe.merge = merge``), rebinds the name ``checks``, edits or deletes
-test cells (nbgrader restores them), raises ``SystemExit`` (the cell fails),
-kills its kernel, prints megabytes, allocates more memory than the limit, or
-loops forever (cell timeout and the checks' own time limit). Not defended: a
-submission written against the grader's internals -- one that finds the private
-copy (it is reachable, e.g. through ``builtins`` or ``gc``), patches libraries the
-checks use (``torch``, ``random``, builtins), or, since the grader runs as the
-user who starts it, raises its own memory limit back when that user is root.
-Such code is plainly visible in the submission; ``instructor.report`` lists
-submissions that use these means (``sys.modules``, ``builtins``, ``gc``,
-``setattr`` on the checks, ...) for a human to read.
+Only definitions of the student's cells run at the top level, so a submission
+cannot change how a test cell is parsed, executed or scored before the checks
+run (IPython input or AST transformers, event hooks, trace functions, patched
+modules). The student's code runs only inside a check's ``call``, under
+``llm_course.grading.watch``: the reference and forbidden routines may not run,
+capabilities (tracing, frames, ``gc``, threads, processes, signals, ``ctypes``,
+IPython) are blocked, and the state the checks rely on is restored and compared
+after each call. Also defended: replacing functions of the checks module, of
+``llm_course.grading`` or of the reference implementations, rebinding ``checks``,
+editing or deleting test cells (nbgrader restores them), ``SystemExit``, killing
+the kernel, printing megabytes, allocating more memory than the limit, looping
+forever. Not defended in-process: a call that reads its way to the grader's
+private objects through attributes alone (``__globals__``, ``__subclasses__``),
+finalizers of objects built during a call that run after it, and, when grading
+runs as root, raising the memory limit again. ``instructor.report`` lists
+submissions that use such means and everything grading refused or dropped.
 """
 
 from __future__ import annotations
@@ -56,9 +61,13 @@ from nbformat.v4 import new_code_cell, new_output
 from nbgrader.preprocessors import Execute, NbGraderPreprocessor
 from traitlets import Integer
 
+from instructor.definitions import definitions_only, names_bound
+
 GUARD_TAG = "llm-course-grading-guard"
 PRIVATE_NAME = "_llm_course_private_checks"
 PREFIX = f"checks = {PRIVATE_NAME}  # grading: the checks as loaded before any student code ran\n"
+ORIGINAL_KEY = "llm_course_original_source"
+DROPPED_KEY = "llm_course_dropped"
 CHECKS_IMPORT = re.compile(r"^from llm_course\.grading import (\w+) as checks\b", re.MULTILINE)
 
 GUARD_SOURCE = '''\
@@ -71,9 +80,18 @@ def _llm_course_grading_guard():
     module = {module!r}
     if module:
         checks = importlib.import_module("llm_course.grading." + module)
+        watch = importlib.import_module("llm_course.grading.watch")
+        private = [m for n, m in sys.modules.items() if n == "llm_course" or n.startswith("llm_course.")]
+        watch.protect(*private)  # restored after every call of student code
+        watch.capabilities()
         for name in [n for n in sys.modules if n == "llm_course" or n.startswith("llm_course.")]:
             del sys.modules[name]  # the student's imports load a public copy
         setattr(builtins, {private!r}, checks)
+    # The student's folder is not importable: a file handed in next to the notebook
+    # (a `torch.py`, a helper with top-level code) cannot run by an import.
+    import os
+    here = os.path.realpath(os.getcwd())
+    sys.path[:] = [p for p in sys.path if p and os.path.realpath(p) != here]
     # A test cell binds `checks` to the private copy; give the student's cells their own back.
     ip, saved, missing = get_ipython(), {{}}, object()
     def before(info):
@@ -102,6 +120,40 @@ def _is_guard(cell) -> bool:
     return GUARD_TAG in cell.get("metadata", {}).get("tags", [])
 
 
+def _released_cells(resources) -> dict[str, str] | None:
+    """grade_id -> source of the released notebook's locked cells (the gradebook's copy); None without one."""
+    info = (resources or {}).get("nbgrader") or {}
+    if not info.get("db_url"):
+        return None
+    from nbgrader.api import Gradebook, MissingEntry
+
+    try:
+        with Gradebook(info["db_url"]) as gb:
+            notebook = gb.find_notebook(info["notebook"], info["assignment"])
+            return {c.name: c.source for c in notebook.source_cells if c.locked and c.cell_type == "code"}
+    except MissingEntry:
+        return None
+
+
+def _runs_as_written(cell, released: dict[str, str] | None) -> bool:
+    """A test cell, or a locked cell exactly as released; every other code cell is the student's."""
+    if _is_test_cell(cell):
+        return True  # nbgrader's OverwriteCells has put back the released source
+    info = cell.get("metadata", {}).get("nbgrader", {})
+    if released is None:  # no gradebook (e.g. a preview): trust the metadata
+        return bool(info.get("locked")) and not info.get("solution")
+    return released.get(info.get("grade_id")) == cell.source
+
+
+def dropped_note(dropped: list[str]) -> str:
+    """The note grading adds to a student cell whose top-level statements it did not run."""
+    lines = "".join(f"  {d}\n" for d in dropped)
+    return (
+        "Grading ran only the definitions of this cell (functions, classes, imports, constants); "
+        f"it ignored:\n{lines}"
+    )
+
+
 class GuardChecks(NbGraderPreprocessor):
     """Insert the guard cell and bind ``checks`` to the private copy in every test cell."""
 
@@ -112,6 +164,15 @@ class GuardChecks(NbGraderPreprocessor):
     ).tag(config=True)
 
     def preprocess(self, nb, resources):
+        trusted = _released_cells(resources)
+        student = [c for c in nb.cells if c.cell_type == "code" and not _runs_as_written(c, trusted)]
+        names = names_bound([c.source for c in student])
+        for cell in student:
+            kept, dropped = definitions_only(cell.source, names)
+            if dropped:
+                cell.metadata[ORIGINAL_KEY] = cell.source
+                cell.metadata[DROPPED_KEY] = dropped
+                cell.source = kept
         match = next((CHECKS_IMPORT.search(c.source) for c in nb.cells if c.cell_type == "code" and CHECKS_IMPORT.search(c.source)), None)
         module = match.group(1) if match else ""
         guard = new_code_cell(
@@ -189,6 +250,10 @@ class SealOutputs(NbGraderPreprocessor):
                 continue
             if cell.source.startswith(PREFIX):
                 cell.source = cell.source[len(PREFIX) :]
+            if ORIGINAL_KEY in cell.metadata:  # show the cell as handed in, and what grading ignored
+                cell.source = cell.metadata.pop(ORIGINAL_KEY)
+                dropped = cell.metadata[DROPPED_KEY]
+                cell.outputs.insert(0, new_output("stream", name="stdout", text=dropped_note(dropped)))
             self._limit(cell)
         return nb, resources
 

@@ -19,7 +19,9 @@ import nbformat
 
 SUSPICIOUS = re.compile(
     r"sys\.modules|\bbuiltins\b|\bgc\.|\bsetattr\(|\bchecks\s*\.\s*\w+\s*=|llm_course\.grading|os\._exit|os\.kill|"
-    r"llm_course\.[\w.]+\s*=(?!=)|\bsignal\.|resource\.setrlimit|__import__|\bctypes\b|_llm_course_private|\bSystemExit\b|sys\.exit"
+    r"llm_course\.[\w.]+\s*=(?!=)|\bsignal\.|resource\.setrlimit|__import__|\bctypes\b|_llm_course_private|\bSystemExit\b|sys\.exit|"
+    r"get_ipython|input_transformers|ast_transformers|\bevents\.register|settrace|setprofile|_getframe|__globals__|"
+    r"__del__|weakref|\bexec\(|\beval\(|\bcompile\(|inspect\.getsource|threading|subprocess"
 )
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -90,6 +92,48 @@ def suspicious_code(course: Path, assignments: list[str]) -> list[tuple[str, str
     return found
 
 
+#: Messages of the grader's runtime watch (llm_course/grading/watch.py) and of the definitions filter.
+REFUSED = re.compile(
+    r"which a graded function may not use|changed .* while it ran|the course's reference implementation|"
+    r"which the exercise asks you to write yourself|which does the whole exercise|return plain values"
+)
+DROPPED_NOTE = "Grading ran only the definitions of this cell"
+
+
+def grader_findings(course: Path, assignments: list[str]) -> list[tuple[str, str, str, str]]:
+    """(student, assignment, cell, what) for what grading itself refused or dropped.
+
+    Read from the autograded notebooks: a test cell whose check refused a call
+    (the reference, a forbidden routine, a capability, a change of state, an object
+    as a result), and a student cell whose top-level statements were not run.
+    """
+    found = []
+    for name in assignments:
+        for path in sorted((course / "autograded").glob(f"*/{name}/*.ipynb")):
+            student = path.parts[-3]
+            nb = nbformat.read(path, as_version=4)
+            for cell in nb.cells:
+                if cell.cell_type != "code":
+                    continue
+                grade_id = cell.get("metadata", {}).get("nbgrader", {}).get("grade_id", "?")
+                for output in cell.outputs:
+                    text = output.get("text", "") if output.output_type == "stream" else output.get("evalue", "")
+                    if output.output_type == "stream" and text.startswith(DROPPED_NOTE):
+                        lines = [line.strip() for line in text.splitlines()[1:] if line.strip()]
+                        found.append((student, name, grade_id, "not run at grading: " + "; ".join(lines)[:300]))
+                    elif output.output_type == "error" and REFUSED.search(ANSI.sub("", text)):
+                        found.append((student, name, grade_id, "refused: " + ANSI.sub("", text).splitlines()[0][:300]))
+    return found
+
+
+def copies(course: Path, assignments: list[str], out: Path) -> list[str]:
+    """The "Similar code" section: every graded function compared with the reference and the
+    other students' (instructor/similarity.py); also writes out/similarity.json."""
+    from instructor.similarity import report_section
+
+    return report_section(course, assignments, out)
+
+
 def plot(scores: dict, to: Path) -> None:
     import matplotlib
 
@@ -133,7 +177,7 @@ def write_report(course: Path, url: str, out: Path, assignments: list[str], jobs
     scores = gradebook_scores(url, assignments)
     plot(scores, out / "scores.png")
     failures = failure_messages(course, assignments)
-    flagged = suspicious_code(course, assignments)
+    flagged = suspicious_code(course, assignments) + grader_findings(course, assignments)
     lines = ["# Grade report", "", "Scores per exercise (share of students with full / partial / no points): `scores.png`.", ""]
     lines += ["| assignment | exercise | students | mean | full | zero |", "|---|---|---|---|---|---|"]
     for name, students in scores.items():
@@ -150,6 +194,7 @@ def write_report(course: Path, url: str, out: Path, assignments: list[str], jobs
         lines.append(f"| {count} | {name} | {exercise} | {message.replace('|', '/')} |")
     lines += ["", "## Submissions to read (code that reaches for the grader's internals)", ""]
     lines += [f"- {s} / {a} / cell `{c}`: {what}" for s, a, c, what in flagged] or ["none"]
+    lines += copies(course, assignments, out)
     bad = [j for j in jobs if not j.ok]
     lines += ["", "## Notebooks that could not be graded", ""]
     lines += [f"- {j.student} / {j.assignment}: {j.error}" for j in bad] or ["none"]

@@ -7,14 +7,25 @@
 Each (student, assignment) gets, from a seeded draw: the reference solution,
 planted bugs from ``tests/mutants/`` in one or two functions, the untouched
 exercise, no submission at all, or a hostile submission (:data:`HOSTILE`, in one
-function, the others correct). The expected score of every test cell comes from
-running the instructor's notebook *in this process* with the same function
-sources (``tests.test_graders.run_in_process``; a hostile function that cannot
-run here is replaced by one that raises, which is what grading must make of it).
+function, the others correct: tampering with the grader, calling the reference by
+any route, switching off the test cells, pasting the book's reference). Where
+``tests/similarity_samples.py`` has independent correct solutions of a chapter's
+functions, student s01 hands those in, and s02 copies one of them from s01,
+disguised (renamed variables, comments, reordered statements): the grade report's
+similarity section must list that pair, and no other pair with s01's own work.
+Students s03 and s04 try the attacks of issue 13 (:data:`NEW_CHEATS`), a different
+one on each function that no other function calls, all but one per notebook.
+The expected score of every test cell comes from running the instructor's
+notebook *in this process* with the same function sources
+(``tests.test_graders.run_in_process``; a hostile function that cannot run here,
+or that must lose its points, is replaced by one that raises, which is what
+grading must make of it).
 The class is then graded by ``python -m instructor autograde`` in a temporary
 course folder, and every cell's score in the gradebook is compared with the
-expected one. Prints the mismatches and the timings (per notebook, for the class,
-and a kernel start with ``import torch`` for scale); ``--json`` saves them.
+expected one. Prints the mismatches, the planted copies the similarity report
+missed, and the timings (the median per notebook, also added to the course's
+report/timings.json; the class; a kernel start with ``import torch`` for scale);
+``--json`` saves them.
 """
 
 from __future__ import annotations
@@ -22,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 import shutil
 import statistics
 import sys
@@ -34,6 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from instructor.similarity import long_enough  # noqa: E402
 from tests.chapters import CHAPTERS, mutants  # noqa: E402
 from tests.nbgrader_harness import (  # noqa: E402
     ROOT as REPO,
@@ -58,7 +71,28 @@ HOSTILE = {
     "print_flood": "the function prints 3 MB on its first call, then works",
     "calls_reference": "the function calls the course's reference implementation",
     "infinite_loop": "the function never returns",
+    # Calling the reference by another route, switching off the test cells, pasting the book (issue 13):
+    # the attacked function's cells must score 0 (it is graded as if it raised).
+    "reference_dotted": "the function calls the reference by its full dotted path (import llm_course.x; llm_course.x.fn)",
+    "reference_helper": "a helper function calls the reference",
+    "reference_getattr": "importlib and getattr with the reference's names built from strings",
+    "reference_exec_source": "the reference's source, read with inspect and exec'd",
+    "input_transformer": "an IPython input transformer that strips the check_ lines; the function is the stub",
+    "ast_transformer": "an IPython AST transformer that drops the check_ calls; the function is the stub",
+    "book_body": "the reference as the book prints it, pasted (with the imports it needs)",
 }
+#: Hostile kinds graded as if the function raised (its cells, and those of functions that call it, fail).
+BROKEN = {
+    "system_exit", "os_exit", "kill_self", "memory_hog", "infinite_loop", "reference_dotted", "reference_helper",
+    "reference_getattr", "reference_exec_source", "input_transformer", "ast_transformer",
+}
+#: Pasting the book's reference is correct code typed into the notebook: it is graded as written
+#: (the grader matches notebook code with the reference by identity only, so that an honest answer
+#: that happens to read like the reference is never zeroed), and the grade report's similarity
+#: section must list it as a copy of the reference. Only functions long enough to be compared get it.
+LISTED = {"book_body"}
+#: Kinds that need the reference's dotted name (`reference_of`); without one, system_exit stands in.
+NEEDS_REFERENCE = {"calls_reference", "reference_dotted", "reference_helper", "reference_getattr", "reference_exec_source", "book_body"}
 
 
 def hostile_source(kind: str, fn: str, solution: str, bug: str, reference: str | None) -> str:
@@ -83,7 +117,64 @@ def hostile_source(kind: str, fn: str, solution: str, bug: str, reference: str |
         return f"from {module} import {name} as _ref\ndef {fn}({params}):\n    return _ref(*args, **kwargs)\n"
     if kind == "infinite_loop":
         return f"def {fn}({params}):\n    while True:\n        pass\n"
+    if kind in NEEDS_REFERENCE:
+        module, name = reference.rsplit(".", 1)
+    if kind == "reference_dotted":
+        return f"import {module}\ndef {fn}({params}):\n    return {module}.{name}(*args, **kwargs)\n"
+    if kind == "reference_helper":
+        return (f"def _helper(*args, **kwargs):\n    from {module} import {name}\n    return {name}(*args, **kwargs)\n\n"
+                f"def {fn}({params}):\n    return _helper(*args, **kwargs)\n")
+    if kind == "reference_getattr":
+        head, tail = module.split(".", 1)
+        return (f"import importlib\ndef {fn}({params}):\n"
+                f"    module = importlib.import_module('{head[:3]}' + '{head[3:]}' + '.' + '{tail}')\n"
+                f"    return getattr(module, '{name[:2]}' + '{name[2:]}')(*args, **kwargs)\n")
+    if kind == "reference_exec_source":
+        return (f"import importlib, inspect\n_module = importlib.import_module('{module}')\n_scope = dict(vars(_module))\n"
+                f"exec(inspect.getsource(_module.{name}), _scope)\n{fn} = _scope['{name}']\n")
+    if kind == "input_transformer":
+        return ("get_ipython().input_transformers_cleanup.append(\n"
+                "    lambda lines: [line for line in lines if 'check_' not in line])\n" + stub_of(fn, solution))
+    if kind == "ast_transformer":
+        return ("import ast\nclass _NoChecks(ast.NodeTransformer):\n    def visit_Expr(self, node):\n"
+                "        return None if 'check_' in ast.unparse(node) else node\n"
+                "get_ipython().ast_transformers.append(_NoChecks())\n" + stub_of(fn, solution))
+    if kind == "book_body":
+        return book_body(module, name, fn)
     raise KeyError(kind)
+
+
+def stub_of(fn: str, solution: str) -> str:
+    """The untouched exercise: the solution's signature, raising NotImplementedError."""
+    signature = solution[solution.index(f"def {fn}("):].split(":\n", 1)[0]
+    return f"{signature}:\n    {STUB.replace(chr(10), chr(10) + '    ')}\n"
+
+
+def book_body(module: str, name: str, fn: str) -> str:
+    """The reference function as the book prints it (``literalinclude`` of llm_course), pasted, with
+    an import of the module-level names it needs: what a student makes of the printed answer."""
+    import ast
+    import builtins
+    import inspect
+
+    source = inspect.getsource(getattr(import_module(module), name))
+    tree = ast.parse(source)
+    defined = {a.arg for a in ast.walk(tree) if isinstance(a, ast.arg)}
+    defined |= {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
+    needed = sorted({n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+                    - defined - set(dir(builtins)) - {name})
+    scope = import_module(module)
+    imports = []
+    for used in needed:
+        if not hasattr(scope, used):  # a local the walk above does not see (`except ... as err`)
+            continue
+        value = getattr(scope, used)
+        if inspect.ismodule(value):
+            imports.append(f"import {value.__name__}" if value.__name__ == used else f"import {value.__name__} as {used}")
+        else:
+            imports.append(f"from {module} import {used}")
+    body = source if name == fn else source.replace(f"def {name}(", f"def {fn}(", 1)
+    return "".join(line + "\n" for line in imports) + body
 
 
 def reference_of(chapter: str, fn: str) -> str | None:
@@ -94,6 +185,55 @@ def reference_of(chapter: str, fn: str) -> str | None:
             if value.__name__ != "llm_course.grading":
                 return f"{value.__name__}.{fn}"
     return None
+
+
+def leaves(solution: dict[str, str]) -> list[str]:
+    """The functions of a chapter that no other solution cell calls (an attack on one of them
+    costs that function's points only, whatever the grader allows inside the others)."""
+    return [fn for fn in solution if not any(re.search(rf"\b{fn}\b", src) for other, src in solution.items() if other != fn)]
+
+
+def independent_entry(chapter: str, solution: dict[str, str], rng: random.Random) -> dict | None:
+    """Independent correct solutions (tests/similarity_samples.py) of the chapter's functions that have some."""
+    from tests.similarity_samples import INDEPENDENT
+
+    own = {fn: rng.choice(sorted(INDEPENDENT[fn].values())) for fn in solution if fn in INDEPENDENT}
+    if not own:
+        return None
+    return {"kind": "independent:" + ",".join(sorted(own)), "cells": {**solution, **own}, "broken": [], "own": sorted(own)}
+
+
+def copy_entry(solution: dict[str, str], original: dict, original_student: str, rng: random.Random) -> dict:
+    """One of `original`'s own functions, copied and disguised; the rest the reference."""
+    from tests.similarity_samples import DISGUISES
+
+    fn = rng.choice(original["own"])
+    disguise = rng.choice(sorted(set(DISGUISES) - {"verbatim"}))
+    cells = {**solution, fn: DISGUISES[disguise](original["cells"][fn])}
+    return {"kind": f"copy:{fn}", "cells": cells, "broken": [], "copied": [fn, original_student, disguise]}
+
+
+#: The attacks of issue 13, which students s03 and s04 mix into every notebook (one per function
+#: that no other function calls), on top of the random draws of every kind.
+NEW_CHEATS = ["reference_dotted", "input_transformer", "reference_helper", "ast_transformer",
+              "reference_getattr", "book_body", "reference_exec_source"]
+
+
+def cheats_entry(chapter: str, solution: dict[str, str], start: int) -> dict:
+    """Each function that no other calls, but the last, carries another of :data:`NEW_CHEATS`
+    (cycled from `start`); the last stays correct, and must keep its points."""
+    cells, used = dict(solution), []
+    start %= len(NEW_CHEATS)
+    kinds = NEW_CHEATS[start:] + NEW_CHEATS[:start]
+    targets = leaves(solution) or list(solution)[-1:]
+    for i, fn in enumerate(targets[:-1] or targets):
+        reference = reference_of(chapter, fn)
+        choices = [k for k in kinds if (reference or k not in NEEDS_REFERENCE) and (k not in LISTED or long_enough(solution[fn]))]
+        kind = choices[i % len(choices)]
+        cells[fn] = hostile_source(kind, fn, solution[fn], "", reference)
+        used.append((fn, kind))
+    return {"kind": "cheats:" + ",".join(f"{fn}={kind}" for fn, kind in used), "cells": cells, "cheats": used,
+            "fns": [fn for fn, kind in used if kind in BROKEN], "pasted": [fn for fn, kind in used if kind in LISTED]}
 
 
 def plan_class(students: int, assignments: list[str], seed: int) -> dict:
@@ -110,7 +250,15 @@ def plan_class(students: int, assignments: list[str], seed: int) -> dict:
             draw = rng.random()
             if s == 0:
                 draw = 0.0  # one student gets everything right
-            if draw < 0.25:
+            own = independent_entry(chapter, solution, rng) if s == 1 else None
+            if own:  # s01 writes their own solutions where independent ones exist
+                entry = own
+            elif s == 2 and plan["s01"].get(chapter) and "own" in plan["s01"][chapter]:  # s02 copies from s01
+                entry = copy_entry(solution, plan["s01"][chapter], "s01", rng)
+            elif s in (3, 4):  # s03 and s04 try the attacks of issue 13, a different one on each function
+                tried = sum(len(e.get("cheats", [])) for c in plan.values() for e in c.values() if e)
+                entry = cheats_entry(chapter, solution, tried)
+            elif draw < 0.25:
                 entry = {"kind": "correct", "cells": dict(solution), "broken": []}
             elif draw < 0.55:
                 picked = rng.sample(fns, k=min(len(fns), rng.choice([1, 2])))
@@ -126,12 +274,15 @@ def plan_class(students: int, assignments: list[str], seed: int) -> dict:
                 kind = hostile_kinds[(s + len(plan[student])) % len(hostile_kinds)]
                 fn = rng.choice(fns)
                 reference = reference_of(chapter, fn)
-                if kind == "calls_reference" and reference is None:
+                if kind in (BROKEN | LISTED) - {"system_exit", "os_exit", "kill_self", "memory_hog", "infinite_loop"}:
+                    fn = rng.choice([f for f in leaves(solution) if kind not in LISTED or long_enough(solution[f])] or fns)
+                    reference = reference_of(chapter, fn)
+                if kind in NEEDS_REFERENCE and reference is None or kind in LISTED and not long_enough(solution[fn]):
                     kind = "system_exit"
                 bug = mutants(chapter)[fn][sorted(mutants(chapter)[fn])[0]]
                 cells = dict(solution)
                 cells[fn] = hostile_source(kind, fn, solution[fn], bug, reference)
-                entry = {"kind": f"{kind}:{fn}", "cells": cells, "fn": fn, "bug": bug}
+                entry = {"kind": f"{kind}:{fn}", "cells": cells, "fn": fn, "bug": bug, "pasted": [fn] if kind in LISTED else []}
             plan[student][chapter] = entry
     return plan
 
@@ -146,8 +297,9 @@ def expected_scores(chapter: str, entry: dict, cache: dict) -> dict[str, float]:
     kind = entry["kind"].split(":")[0]
     cells = dict(entry["cells"])
     forced_fail = set()
-    if kind in {"system_exit", "os_exit", "kill_self", "memory_hog", "infinite_loop"}:
-        cells[entry["fn"]] = f"def {entry['fn']}(*args, **kwargs):\n    raise NotImplementedError()\n"
+    if kind in BROKEN or kind == "cheats":
+        for fn in entry["fns"] if kind == "cheats" else [entry["fn"]]:
+            cells[fn] = f"def {fn}(*args, **kwargs):\n    raise NotImplementedError()\n"
     elif kind == "patch_checks":
         cells[entry["fn"]] = entry["bug"]
     elif kind == "print_flood":
@@ -160,18 +312,19 @@ def expected_scores(chapter: str, entry: dict, cache: dict) -> dict[str, float]:
     return {k: 0.0 if (outcome.get(k) is not None or k in forced_fail) else p for k, p in points.items()}
 
 
-def write_submissions(folder: Path, plan: dict) -> None:
+def write_submissions(folder: Path, plan: dict, exercises: Path = REPO / "exercises") -> None:
+    """The students' notebooks: the released exercise (`exercises`, the course's release) with their cells."""
     import nbformat
 
     for student, chapters in plan.items():
         for chapter, entry in chapters.items():
             if entry is None:
                 continue
-            exercise = nbformat.read(notebook_path(REPO / "exercises", chapter), as_version=4)
+            exercise = nbformat.read(notebook_path(exercises, chapter), as_version=4)
             nb = exercise if entry["cells"] is None else with_cells(exercise, entry["cells"])
             dest = folder / student / chapter
             dest.mkdir(parents=True, exist_ok=True)
-            nbformat.write(nb, dest / notebook_path(REPO / "exercises", chapter).name)
+            nbformat.write(nb, dest / notebook_path(exercises, chapter).name)
 
 
 def kernel_and_torch_seconds(repeats: int = 3) -> float:
@@ -226,7 +379,7 @@ def simulate(
         if entry is not None
     }
     oracle_s = time.perf_counter() - start
-    write_submissions(folder / "collected", plan)
+    write_submissions(folder / "collected", plan, course / "exercises")
     start = time.perf_counter()
     timings = autograde(course, folder / "collected", assignments=assignments, workers=workers, postgres=postgres, feedback=feedback)
     class_s = time.perf_counter() - start
@@ -250,6 +403,13 @@ def simulate(
             mismatches.append(f"{student}/{chapter} [{plan[student][chapter]['kind']}]: got/expected {diff}")
     jobs = [j for j in timings["jobs"] if j["ok"]]
     per_notebook = [j["autograde_s"] + j["feedback_s"] for j in jobs]
+    copies = check_copies(plan, course / "report" / "similarity.json")
+    # The per-notebook figure, beside nbgrader's own timings (report/timings.json).
+    stamp = course / "report" / "timings.json"
+    saved = json.loads(stamp.read_text())
+    saved["per_notebook_median_s"] = round(statistics.median(per_notebook), 2) if jobs else None
+    saved["autograde_median_s"] = round(statistics.median(j["autograde_s"] for j in jobs), 2) if jobs else None
+    stamp.write_text(json.dumps(saved, indent=1))
     result = {
         "students": students,
         "assignments": assignments,
@@ -270,9 +430,39 @@ def simulate(
             for a in assignments if any(j["assignment"] == a for j in jobs)
         },
         "kinds": sorted({e["kind"].split(":")[0] for c in plan.values() for e in c.values() if e}),
+        "copies_planted": copies["planted"],
+        "copies_missed": copies["missed"],
+        "honest_work_listed": copies["honest_listed"],
+        "similar_pairs_listed": copies["listed"],
         "folder": str(folder),
     }
     return result
+
+
+def check_copies(plan: dict, similarity_json: Path) -> dict:
+    """The planted copies the similarity report lists or misses, and the pairs it lists with an
+    independent student's own work other than the copy of it."""
+    pairs = json.loads(similarity_json.read_text())["pairs"]
+    listed = {(p["assignment"], p["function"], frozenset((p["a"], p["b"]))) for p in pairs}
+    with_reference = {(p["assignment"], p["function"], p["a"]) for p in pairs if p["b_is_reference"]}
+    planted, missed, honest = [], [], []
+    for student, chapters in plan.items():
+        for chapter, entry in chapters.items():
+            for fn in (entry or {}).get("pasted", []):
+                planted.append(f"{chapter}/{fn}: {student} pasted the book's reference")
+                if (chapter, fn, student) not in with_reference:
+                    missed.append(planted[-1])
+            if entry and "copied" in entry:
+                fn, original, disguise = entry["copied"]
+                planted.append(f"{chapter}/{fn}: {student} copied {original} ({disguise})")
+                if (chapter, fn, frozenset((student, original))) not in listed:
+                    missed.append(planted[-1])
+            if entry and "own" in entry:
+                copiers = {s for s, c in plan.items() if c.get(chapter) and c[chapter].get("copied", [None, None])[1] == student}
+                for a, fn, who in listed:
+                    if a == chapter and fn in entry["own"] and student in who and not (who - {student}) <= copiers:
+                        honest.append(f"{chapter}/{fn}: {' and '.join(sorted(who))}")
+    return {"planted": planted, "missed": missed, "honest_listed": honest, "listed": len(pairs)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -294,7 +484,7 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(result, indent=1))
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
-    return 1 if result["mismatches"] or result["ungraded"] else 0
+    return 1 if result["mismatches"] or result["ungraded"] or result["copies_missed"] or result["honest_work_listed"] else 0
 
 
 if __name__ == "__main__":

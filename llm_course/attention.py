@@ -39,6 +39,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from llm_course.rope import RotaryEmbedding
+from llm_course.utils import check_generator
 
 if TYPE_CHECKING:
     from llm_course.kv_cache import LayerKVCache
@@ -74,7 +75,8 @@ def attention_weights(
 
     `scale` defaults to 1 / sqrt(D): it keeps the scores' variance near 1 for unit-variance
     q and k, so the softmax does not saturate into a one-hot (and its gradient into zero).
-    k may have fewer heads than q (grouped-query attention). The softmax runs in float32.
+    k may have fewer heads than q (grouped-query attention). The softmax runs in float32 at least
+    (in float64 for float64 inputs).
     """
     if q.shape[-3] % k.shape[-3] != 0:
         raise ValueError(f"the {q.shape[-3]} query heads must be a multiple of the {k.shape[-3]} key heads")
@@ -90,12 +92,17 @@ def attention_weights(
         scores = scores.masked_fill(~causal_mask(q.shape[-2], k.shape[-2], device=q.device), float("-inf"))
     if mask is None and q.shape[-2] <= k.shape[-2]:
         # No mask, or only the causal one: every query sees at least key 0.
-        return torch.softmax(scores.float(), dim=-1).to(q.dtype)
+        return torch.softmax(scores, dim=-1, dtype=_softmax_dtype(scores)).to(q.dtype)
     # A row where every key is masked would be softmax(-inf, ..., -inf) = 0/0 = NaN.
     # Give such rows finite scores for the softmax, then zero their weights.
     empty = torch.isneginf(scores).all(dim=-1, keepdim=True)  # (B, H, Tq, 1)
-    weights = torch.softmax(scores.masked_fill(empty, 0.0).float(), dim=-1)
+    weights = torch.softmax(scores.masked_fill(empty, 0.0), dim=-1, dtype=_softmax_dtype(scores))
     return weights.masked_fill(empty, 0.0).to(q.dtype)
+
+
+def _softmax_dtype(scores: torch.Tensor) -> torch.dtype:
+    """float32 for half-precision scores (exp of bf16 is coarse), else their own dtype (float64 stays float64)."""
+    return torch.promote_types(scores.dtype, torch.float32)
 
 
 def dropout(x: torch.Tensor, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -107,6 +114,7 @@ def dropout(x: torch.Tensor, p: float, generator: torch.Generator | None = None)
         return x
     if not 0.0 <= p < 1.0:
         raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+    check_generator(generator, x, "the tensor to drop out")
     keep = torch.rand(x.shape, generator=generator, device=x.device) >= p
     return x * keep / (1.0 - p)
 

@@ -70,6 +70,11 @@ def _check(model: nn.Module, requests: list[Request], batch_size: int) -> int:
     for i, r in enumerate(requests):
         if len(r.prompt) < 1 or r.max_new_tokens < 1:
             raise ValueError(f"request {i} needs a prompt of at least one token and max_new_tokens >= 1")
+        if min(r.prompt) < 0 or max(r.prompt) >= model.config.vocab_size:  # the forward with a cache does not check
+            raise ValueError(
+                f"request {i}: token ids must be in [0, {model.config.vocab_size}) (vocab_size), got values "
+                f"from {min(r.prompt)} to {max(r.prompt)}"
+            )
         longest = max(longest, len(r.prompt) + r.max_new_tokens)
     if longest > model.config.context_length:
         context = model.config.context_length

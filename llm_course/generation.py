@@ -73,9 +73,10 @@ def generate(
     """Continue each row of the prompt `idx` (B, T) by up to `max_new_tokens` tokens: (B, T + n).
 
     temperature, top_k, top_p and generator are those of `sample_next` (temperature 0 is
-    greedy). When `eos_id` is given, a row that has produced it is padded with `eos_id`
-    from then on, and generation stops early once every row has. The model runs in eval
-    mode without gradients; its previous mode is restored afterwards.
+    greedy; the generator must be on the model's device). When `eos_id` is given, a row that
+    has produced it is padded with `eos_id` from then on, and generation stops early once
+    every row has. The model runs in eval mode without gradients; its previous mode is
+    restored afterwards.
     `use_cache` keeps the keys and values in a `llm_course.kv_cache.KVCache` (chapter 09):
     each step feeds only the new token. The cache does not slide, so prompt + new tokens
     must fit in the model's context_length.

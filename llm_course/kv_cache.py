@@ -10,7 +10,8 @@ Implements
   preallocated buffer at `length`, then let the new queries attend to everything written so
   far (the queries are the *last* positions: `attention.causal_mask` aligns them so);
 - `KVCache`: one preallocated (B, H_kv, T_max, D) key buffer and one value buffer per layer,
-  and the number of tokens each row holds. `model(idx, cache=cache)` feeds only the new
+  and the number of tokens each row holds (on the device, mirrored in host memory so that a
+  decode step never waits for the GPU to learn where to write). `model(idx, cache=cache)` feeds only the new
   tokens; each `MultiHeadAttention` calls `cache.layers[i].update(k, v)` between its
   projection and its attention (the same module, no second copy of the model). Rows may hold
   different numbers of tokens (continuous batching, `llm_course.batching`): the cache then
@@ -26,6 +27,7 @@ and sharing prefixes between requests.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from llm_course.attention import scaled_dot_product_attention
@@ -75,10 +77,14 @@ def cached_attention(
 
 
 class LayerKVCache:
-    """The keys and values of one attention layer: buffers (B, H_kv, T_max, D), `lengths` (B,)."""
+    """The keys and values of one attention layer: buffers (B, H_kv, T_max, D), and the number of
+    tokens each row holds twice: `lengths` (B,) on the buffers' device, for the masks and the
+    scattered writes, and `host_lengths` (B,) int64 in host memory (numpy), for the Python control
+    flow (slice ends, "are all rows equally long"). Reading the device copy would make every
+    decode step wait for the GPU; the host copy is updated alongside it and never read back."""
 
-    def __init__(self, keys: torch.Tensor, values: torch.Tensor, lengths: torch.Tensor):
-        self.keys, self.values, self.lengths = keys, values, lengths
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, lengths: torch.Tensor, host_lengths: np.ndarray):
+        self.keys, self.values, self.lengths, self.host_lengths = keys, values, lengths, host_lengths
 
     def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store k, v (B, H_kv, T, D) after each row's tokens; return every row's keys and values so far.
@@ -87,33 +93,33 @@ class LayerKVCache:
         tokens have stale slots, which `mask` hides.
         """
         n_new, max_seq_len = k.shape[-2], self.keys.shape[-2]
-        start = self.lengths  # (B,)
-        longest = int(start.max())
+        longest = int(self.host_lengths.max())
         if longest + n_new > max_seq_len:
             raise CacheFullError(_full_message(longest, n_new, max_seq_len))
-        if bool((start == longest).all()):  # every row at the same length: one slice
+        if (self.host_lengths == longest).all():  # every row at the same length: one slice
             self.keys[:, :, longest : longest + n_new] = k
             self.values[:, :, longest : longest + n_new] = v
         else:  # row b writes at start[b] .. start[b] + T - 1
             rows = torch.arange(k.shape[0], device=k.device)[:, None]  # (B, 1)
-            slots = start[:, None] + torch.arange(n_new, device=k.device)  # (B, T)
+            slots = self.lengths[:, None] + torch.arange(n_new, device=k.device)  # (B, T)
             self.keys[rows, :, slots] = k.transpose(1, 2)  # indexed view is (B, T, H_kv, D)
             self.values[rows, :, slots] = v.transpose(1, 2)
         self.n_new = n_new
         self.lengths += n_new  # in place, so that a row view (`KVCache.rows`) updates its parent
+        self.host_lengths += n_new
         end = longest + n_new
         return self.keys[:, :, :end], self.values[:, :, :end]
 
     def mask(self) -> torch.Tensor | None:
         """After `update`: None if all rows are equally long (the causal mask suffices), else a
         boolean (B, 1, T, T_end) mask, True where query t of row b may see key j: j < start[b] + t + 1."""
-        lengths = self.lengths
-        if bool((lengths == lengths[0]).all()):
+        host = self.host_lengths
+        if (host == host[0]).all():
             return None
-        end = int(lengths.max())
-        first = lengths - self.n_new  # (B,) each row's position of its first new token
-        query_pos = first[:, None] + torch.arange(self.n_new, device=lengths.device)  # (B, T)
-        keys = torch.arange(end, device=lengths.device)  # (T_end,)
+        end = int(host.max())
+        first = self.lengths - self.n_new  # (B,) each row's position of its first new token
+        query_pos = first[:, None] + torch.arange(self.n_new, device=first.device)  # (B, T)
+        keys = torch.arange(end, device=first.device)  # (T_end,)
         return (keys[None, None, :] <= query_pos[:, :, None])[:, None]  # (B, 1, T, T_end)
 
 
@@ -122,7 +128,8 @@ class KVCache:
 
     `KVCache.for_model(model, batch_size, max_seq_len)` sizes it from the model's config;
     `model(new_tokens, cache=cache)` appends to it. `rows(i, j)` is a cache of rows i .. j-1
-    that shares this one's memory (a request's own slot in a batch).
+    that shares this one's memory (a request's own slot in a batch). The lengths are kept on
+    the device and, as a mirror, in host memory: nothing here reads a value from the device.
     """
 
     def __init__(
@@ -140,7 +147,11 @@ class KVCache:
         self.values = torch.zeros(shape, dtype=dtype, device=device)
         # Tokens held by each row, per layer (L, B): a forward pass advances the layers one by one.
         self.layer_lengths = torch.zeros(n_layers, batch_size, dtype=torch.long, device=device)
-        self.layers = [LayerKVCache(self.keys[i], self.values[i], self.layer_lengths[i]) for i in range(n_layers)]
+        self.host_lengths = np.zeros((n_layers, batch_size), dtype=np.int64)  # the same, in host memory
+        self.layers = [
+            LayerKVCache(self.keys[i], self.values[i], self.layer_lengths[i], self.host_lengths[i])
+            for i in range(n_layers)
+        ]
 
     @classmethod
     def for_model(
@@ -156,20 +167,25 @@ class KVCache:
         return cls(c.n_layers, batch_size, c.n_kv_heads, c.d_head, max_seq_len, dtype, weight.device)
 
     @classmethod
-    def _view(cls, keys: torch.Tensor, values: torch.Tensor, layer_lengths: torch.Tensor) -> "KVCache":
+    def _view(
+        cls, keys: torch.Tensor, values: torch.Tensor, layer_lengths: torch.Tensor, host_lengths: np.ndarray
+    ) -> "KVCache":
         cache = cls.__new__(cls)
-        cache.keys, cache.values, cache.layer_lengths = keys, values, layer_lengths
-        cache.layers = [LayerKVCache(keys[i], values[i], layer_lengths[i]) for i in range(keys.shape[0])]
+        cache.keys, cache.values, cache.layer_lengths, cache.host_lengths = keys, values, layer_lengths, host_lengths
+        cache.layers = [
+            LayerKVCache(keys[i], values[i], layer_lengths[i], host_lengths[i]) for i in range(keys.shape[0])
+        ]
         return cache
 
     def rows(self, start: int, stop: int | None = None) -> "KVCache":
         """Rows start .. stop-1 as a cache that shares this one's memory (default: the single row `start`)."""
         stop = start + 1 if stop is None else stop
-        return KVCache._view(self.keys[:, start:stop], self.values[:, start:stop], self.layer_lengths[:, start:stop])
+        return KVCache._view(self.keys[:, start:stop], self.values[:, start:stop], self.layer_lengths[:, start:stop],
+                             self.host_lengths[:, start:stop])  # fmt: skip
 
     @property
     def lengths(self) -> torch.Tensor:
-        """(B,) tokens held by each row (those the last layer has stored)."""
+        """(B,) tokens held by each row (those the last layer has stored), on the cache's device."""
         return self.layer_lengths[-1]
 
     @property
@@ -179,24 +195,27 @@ class KVCache:
     @property
     def length(self) -> int:
         """Tokens held, when every row holds the same number (raises otherwise)."""
-        if not bool((self.lengths == self.lengths[0]).all()):
-            raise ValueError(f"the rows of this cache hold different numbers of tokens: {self.lengths.tolist()}")
-        return int(self.lengths[0])
+        host = self.host_lengths[-1]
+        if not (host == host[0]).all():
+            raise ValueError(f"the rows of this cache hold different numbers of tokens: {host.tolist()}")
+        return int(host[0])
 
     def positions(self, n_new: int) -> torch.Tensor:
         """Positions of the next n_new tokens: (T,) if all rows are equally long, else (B, T)."""
-        steps = torch.arange(n_new, device=self.lengths.device)
-        if bool((self.lengths == self.lengths[0]).all()):
-            return int(self.lengths[0]) + steps  # (T,)
-        return self.lengths[:, None] + steps  # (B, T)
+        host = self.host_lengths[-1]
+        if (host == host[0]).all():
+            return torch.arange(int(host[0]), int(host[0]) + n_new, device=self.layer_lengths.device)  # (T,)
+        return self.lengths[:, None] + torch.arange(n_new, device=self.layer_lengths.device)  # (B, T)
 
     def crop(self, length: int) -> None:
         """Keep only the first `length` tokens of each row (speculative decoding drops rejected drafts)."""
         self.layer_lengths.clamp_(max=length)
+        np.minimum(self.host_lengths, length, out=self.host_lengths)
 
     def reset(self) -> None:
         """Forget every token (the memory stays allocated; old values are overwritten or masked)."""
         self.layer_lengths.zero_()
+        self.host_lengths[...] = 0
 
     @property
     def nbytes(self) -> int:

@@ -83,9 +83,12 @@ class LoRALinear(nn.Module):
         self.r, self.alpha, self.scale = r, alpha, alpha / r
         device = next(base.buffers(), None) if isinstance(base, QuantizedLinear) else base.weight
         device = device.device if device is not None else None
-        self.lora_A = nn.Parameter(torch.empty(r, self.in_features, device=device))
+        # A is drawn where `generator` lives, then moved to the base's device: the same seed gives
+        # the same adapters on every device, and a CPU generator can initialize a CUDA model.
+        A = torch.empty(r, self.in_features, device=device if generator is None else generator.device)
+        nn.init.kaiming_uniform_(A, a=math.sqrt(5), generator=generator)  # = U(-1/sqrt(in), 1/sqrt(in))
+        self.lora_A = nn.Parameter(A.to(device))
         self.lora_B = nn.Parameter(torch.zeros(self.out_features, r, device=device))
-        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5), generator=generator)  # = U(-1/sqrt(in), 1/sqrt(in))
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.enabled = True
 
@@ -102,11 +105,13 @@ class LoRALinear(nn.Module):
         return y + lora_delta(self.dropout(x), self.lora_A.to(x.dtype), self.lora_B.to(x.dtype), self.scale)
 
     def merged(self) -> nn.Linear:
-        """A plain `nn.Linear` with weight W + scale B A (float32; a quantized base is dequantized)."""
-        bias = self.base.bias
-        layer = nn.Linear(self.in_features, self.out_features, bias=bias is not None, device=self.lora_A.device)
+        """A plain `nn.Linear` with weight W + scale B A, in the base weight's dtype (a bf16 base
+        stays bf16; a quantized base is dequantized, to float32). The sum is taken in float32."""
+        bias, weight = self.base.bias, self.base_weight()
+        layer = nn.Linear(self.in_features, self.out_features, bias=bias is not None, device=weight.device,
+                          dtype=weight.dtype)  # fmt: skip
         with torch.no_grad():
-            layer.weight.copy_(merge_weight(self.base_weight().float(), self.lora_A.float(), self.lora_B.float(), self.scale))
+            layer.weight.copy_(merge_weight(weight.float(), self.lora_A.float(), self.lora_B.float(), self.scale))
             if bias is not None:
                 layer.bias.copy_(bias)
         return layer

@@ -9,9 +9,13 @@ Implements
   of a fine-tuning example) count neither in the sum nor in the number of positions.
   The same as `torch.nn.functional.cross_entropy` with the same arguments (the tests check).
 
-Both run in float32 whatever the dtype of the logits (bf16 logits lose too much precision
-in a sum over a vocabulary). Left out: label smoothing, class weights, and the fused
-kernels that never hold a (N, V) table in memory.
+All run in float32 whatever the dtype of the logits (bf16 logits lose too much precision
+in a sum over a vocabulary). For bf16 or fp16 logits, `cross_entropy` never makes a float32
+copy of the whole (N, V) table: `_LowPrecisionCrossEntropy` upcasts `chunk_rows` rows at a
+time, in the forward pass and again in the backward pass, and keeps only the per-row
+log-sum-exp (a float32 copy of GPT-2's logits for 16 x 1024 tokens would be 3.3 GB).
+Left out: label smoothing, class weights, and fused kernels that never hold even the
+(N, V) logits (they multiply the last hidden states by the head chunk by chunk).
 """
 
 from __future__ import annotations
@@ -50,6 +54,41 @@ def log_softmax(logits: torch.Tensor, dim: int = -1) -> torch.Tensor:
     return shifted - shifted.exp().sum(dim=dim, keepdim=True).log()
 
 
+CHUNK_ELEMENTS = 2**24  # float32 values upcast at a time by the low-precision loss (64 MB)
+
+
+class _LowPrecisionCrossEntropy(torch.autograd.Function):
+    """-log softmax(logits)[target] per row, for bf16/fp16 logits (N, V), computed in float32 chunk by chunk.
+
+    forward: nll (N,) float32, 0 where the target is ignored. backward: d nll / d logits =
+    softmax(logits) - onehot(target), recomputed per chunk in float32, written in the logits'
+    dtype. Saved for backward: the logits themselves, the targets and the (N,) log-sum-exp.
+    """
+
+    @staticmethod
+    def forward(ctx, logits, targets, keep, chunk_rows):
+        lse = logits.new_empty(logits.shape[0], dtype=torch.float32)  # (N,)
+        picked = logits.gather(-1, targets[:, None]).squeeze(-1).float()  # (N,) z_target
+        for start in range(0, logits.shape[0], chunk_rows):
+            rows = slice(start, start + chunk_rows)
+            lse[rows] = logsumexp(logits[rows], dim=-1)  # float32 (chunk, V) at most
+        ctx.save_for_backward(logits, targets, keep, lse)
+        ctx.chunk_rows = chunk_rows
+        return torch.where(keep, lse - picked, torch.zeros_like(lse))
+
+    @staticmethod
+    def backward(ctx, grad_nll):
+        logits, targets, keep, lse = ctx.saved_tensors
+        grad = torch.empty_like(logits)  # (N, V) in the logits' dtype
+        scale = torch.where(keep, grad_nll, torch.zeros_like(grad_nll)).float()  # (N,)
+        for start in range(0, logits.shape[0], ctx.chunk_rows):
+            rows = slice(start, start + ctx.chunk_rows)
+            p = (logits[rows].float() - lse[rows, None]).exp()  # (chunk, V) softmax
+            p.scatter_add_(-1, targets[rows, None], -torch.ones_like(p[:, :1]))  # - onehot(target)
+            grad[rows] = (p * scale[rows, None]).to(grad.dtype)
+        return grad, None, None, None
+
+
 def cross_entropy(
     logits: torch.Tensor,
     targets: torch.Tensor,
@@ -69,10 +108,17 @@ def cross_entropy(
         )
     keep = targets != ignore_index  # (...)
     safe_targets = torch.where(keep, targets, torch.zeros_like(targets)).long()  # any valid index where ignored
-    # -log p(target) = log sum_j exp(z_j - m) - (z_target - m): log_softmax read at the target only.
-    shifted, _ = _subtract_max(logits, dim=-1)  # (..., V) float32
-    nll = shifted.exp().sum(dim=-1).log() - shifted.gather(-1, safe_targets.unsqueeze(-1)).squeeze(-1)  # (...)
-    nll = torch.where(keep, nll, torch.zeros_like(nll))
+    if logits.dtype in (torch.bfloat16, torch.float16):  # no float32 copy of the whole (..., V) table
+        vocab = logits.shape[-1]
+        chunk_rows = max(1, CHUNK_ELEMENTS // vocab)
+        nll = _LowPrecisionCrossEntropy.apply(
+            logits.reshape(-1, vocab), safe_targets.reshape(-1), keep.reshape(-1), chunk_rows
+        ).view(keep.shape)  # (...)
+    else:
+        # -log p(target) = log sum_j exp(z_j - m) - (z_target - m): log_softmax read at the target only.
+        shifted, _ = _subtract_max(logits, dim=-1)  # (..., V) float32
+        nll = shifted.exp().sum(dim=-1).log() - shifted.gather(-1, safe_targets.unsqueeze(-1)).squeeze(-1)  # (...)
+        nll = torch.where(keep, nll, torch.zeros_like(nll))
     if reduction == "none":
         return nll
     if reduction == "sum":

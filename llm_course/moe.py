@@ -57,6 +57,12 @@ def top_k_routing(logits: torch.Tensor, k: int, renormalize: bool = True) -> tup
     return weights, indices
 
 
+def _count(ids: torch.Tensor, n: int) -> torch.Tensor:
+    """How often each of 0 .. n-1 occurs in `ids` (int64, (n,)): `bincount` with a size fixed in advance,
+    which `torch.compile` can trace (bincount's output size depends on the values)."""
+    return torch.zeros(n, dtype=torch.long, device=ids.device).scatter_add_(0, ids, torch.ones_like(ids))
+
+
 def load_balancing_loss(router_logits: torch.Tensor, k: int, n_experts: int) -> torch.Tensor:
     """Switch Transformer's auxiliary loss, E * sum_i f_i P_i, over the N tokens of `router_logits`.
 
@@ -71,7 +77,7 @@ def load_balancing_loss(router_logits: torch.Tensor, k: int, n_experts: int) -> 
     """
     probs = router_probs(router_logits).reshape(-1, n_experts)  # (N, E)
     _, indices = torch.topk(probs, k, dim=-1)  # (N, k)
-    counts = torch.bincount(indices.flatten(), minlength=n_experts)  # (E,) assignments per expert
+    counts = _count(indices.flatten(), n_experts)  # (E,) assignments per expert
     f = counts.float() / probs.shape[0]  # (E,)
     p = probs.mean(dim=0)  # (E,)
     return n_experts * (f * p).sum()
@@ -120,15 +126,21 @@ def dispatch(
     its input rows (N_e, C), and where they came from: (token ids (N_e,), choice ids (N_e,)),
     choice j meaning the token's j-th expert. A token whose k choices include e is sent to
     e once; dropped assignments are sent nowhere.
+
+    One stable sort of the N k assignments by expert puts each expert's in token order;
+    the group sizes are then read once (a single host read, instead of one `nonzero`, and
+    one wait for the device, per expert).
     """
-    inputs, routes = [], []
-    for e in range(n_experts):
-        chosen = indices == e  # (N, k)
-        if keep is not None:
-            chosen = chosen & keep
-        token, choice = torch.nonzero(chosen, as_tuple=True)  # (N_e,) each, in token order
-        inputs.append(x[token])  # (N_e, C)
-        routes.append((token, choice))
+    k = indices.shape[-1]
+    expert = indices.reshape(-1)  # (N k,) assignment a is token a // k, choice a % k
+    if keep is not None:
+        expert = torch.where(keep.reshape(-1), expert, n_experts)  # dropped: a last group, never used
+    order = torch.argsort(expert, stable=True)  # (N k,) grouped by expert, token order within a group
+    sizes = _count(expert, n_experts + 1)[:n_experts].tolist()  # (E,) N_e: the one host read
+    order = order[: sum(sizes)]  # the kept assignments
+    token, choice = order // k, order % k  # (sum N_e,) each
+    inputs = list(x[token].split(sizes))  # (N_e, C) each
+    routes = list(zip(token.split(sizes), choice.split(sizes)))
     return inputs, routes
 
 

@@ -79,10 +79,14 @@ def apply_rope(
     """Rotate queries or keys x (B, H, T, D) by their positions (half layout).
 
     `cos`, `sin` come from `rope_cache`. `positions` is None (the tokens sit at 0 .. T-1),
-    a LongTensor (T,) shared by the batch, or (B, T), one row per sequence.
+    a LongTensor (T,) shared by the batch, or (B, T), one row per sequence. The rotation is
+    computed in at least float32 (bf16 queries are rounded once, at the end, not at each
+    product) and returned in x's dtype.
     """
-    cos, sin = _angles_for(cos, sin, x.shape[-2], positions, x.dtype)
-    return x * cos + rotate_half(x) * sin  # (B, H, T, D)
+    dtype = torch.promote_types(x.dtype, torch.float32)
+    cos, sin = _angles_for(cos, sin, x.shape[-2], positions, dtype)
+    x32 = x.to(dtype)
+    return (x32 * cos + rotate_half(x32) * sin).to(x.dtype)  # (B, H, T, D)
 
 
 def apply_rope_interleaved(
@@ -138,7 +142,8 @@ class RotaryEmbedding(nn.Module):
     """RoPE with its cos/sin tables kept as buffers (constants, not saved in checkpoints).
 
     One instance is shared by every attention layer of a model. forward(x (B, H, T, D),
-    positions) -> the rotated x.
+    positions) -> the rotated x. The tables stay float32 when the model is cast
+    (`model.to(torch.bfloat16)`): in bf16, cos and sin of large angles keep only 3 digits.
     """
 
     def __init__(self, d_head: int, max_seq_len: int, base: float = 10000.0):
@@ -149,6 +154,13 @@ class RotaryEmbedding(nn.Module):
         cos, sin = rope_cache(d_head, max_seq_len, base)
         self.register_buffer("cos", cos, persistent=False)
         self.register_buffer("sin", sin, persistent=False)
+
+    def _apply(self, fn, recurse=True):
+        # Module.to/.half/.cuda pass every floating buffer through `fn`, casts included. Keep
+        # the device it chose, and recompute the tables there in float32 (the same values).
+        super()._apply(fn, recurse)
+        self.cos, self.sin = rope_cache(self.d_head, self.max_seq_len, self.base, device=self.cos.device)
+        return self
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
         return apply_rope(x, self.cos, self.sin, positions)

@@ -24,6 +24,8 @@ import math
 
 import torch
 
+from llm_course.utils import check_generator
+
 
 def check_sampling_settings(temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None) -> None:
     """Raise a ValueError (or TypeError) that names the setting if a sampling setting is invalid.
@@ -104,12 +106,14 @@ def sample_next(
     filters and the generator are then unused. Otherwise the logits go through
     temperature -> top-k -> top-p, Hugging Face's order (so top-p measures probability
     after the temperature and among the top k only), then softmax, then one draw with
-    `torch.multinomial` from `generator` (torch's global generator if None).
+    `torch.multinomial` from `generator` (torch's global generator if None), which must be
+    on the logits' device (a RuntimeError says so otherwise).
     """
     check_sampling_settings(temperature, top_k, top_p)
     logits = logits.float()  # (..., V); the softmax and the draw in float32
     if temperature == 0:
         return logits.argmax(dim=-1)
+    check_generator(generator, logits, "the logits to sample from")
     logits = apply_temperature(logits, temperature)
     if top_k is not None:
         logits = top_k_filter(logits, top_k)

@@ -1,7 +1,7 @@
 """Scaling laws: FLOP counts, power-law fits, the Kaplan and Chinchilla laws, a small sweep (chapter 07).
 
 Implements
-- `training_flops(n_params, n_tokens)` = 6 N D, and `flops_per_token(config)`, the count it
+- `training_flops(n_params, n_tokens)` = 6 N D, and `kaplan_flops_per_token(config)`, the count it
   approximates: Kaplan et al. (2020), "Scaling Laws for Neural Language Models", Table 1,
   forward = 2 N + 2 n_layers n_ctx d_model per token (N the non-embedding parameters, see
   `non_embedding_parameters`), training = 3 x forward (the backward pass costs twice the
@@ -11,7 +11,9 @@ Implements
   for (E, A, B) on a grid of (alpha, beta) refined around the best point (no scipy);
 - Kaplan et al.'s laws with their published constants (`KAPLAN`), and Hoffmann et al.
   (2022), "Training Compute-Optimal Large Language Models" (Chinchilla), eq. 2 with the
-  constants printed in the paper (`CHINCHILLA`); `chinchilla_optimal(compute)`, the N and
+  constants printed in the paper (`CHINCHILLA`), with its unrounded exponents
+  (`CHINCHILLA_UNROUNDED`) and as refitted by Besiroglu et al. (2024) (`EPOCH_REFIT`);
+  `chinchilla_optimal(compute)`, the N and
   D that minimize that loss under 6 N D = compute (their eq. 4), and
   `tokens_per_parameter_rule(compute)`, the "20 tokens per parameter" rule of thumb;
 - a sweep of tiny models (`run_sweep`) that measures the validation loss of every
@@ -73,7 +75,7 @@ def non_embedding_parameters(config: TransformerConfig) -> int:
     return parts["attention"] + parts["ffn"] + parts["norms"]
 
 
-def flops_per_token(config: TransformerConfig, include_head: bool = False) -> int:
+def kaplan_flops_per_token(config: TransformerConfig, include_head: bool = False) -> int:
     """Training FLOPs per token, counted as Kaplan et al. (2020), Table 1: 3 x forward.
 
     forward = 2 N                              every non-embedding weight: one multiply-add
@@ -198,6 +200,15 @@ class ChinchillaLaw:
 #: The constants as printed in the paper (its "Approach 3"), the exponents rounded to two
 #: decimals: the source of the "rounding trap" that chapter 07 computes.
 CHINCHILLA = ChinchillaLaw(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28)
+
+#: The same fit with the exponents as they stand in the paper's TeX source, before rounding
+#: (alpha = 0.3392, beta = 0.2849, reported by Besiroglu et al., 2024, "Chinchilla Scaling:
+#: A replication attempt", arXiv:2404.10102).
+CHINCHILLA_UNROUNDED = ChinchillaLaw(E=1.69, A=406.4, B=410.7, alpha=0.3392, beta=0.2849)
+
+#: Besiroglu et al.'s (Epoch AI) refit of the same law to Hoffmann et al.'s data,
+#: reconstructed from the paper's figures, with an optimizer run to convergence.
+EPOCH_REFIT = ChinchillaLaw(E=1.82, A=482.01, B=2085.43, alpha=0.3478, beta=0.3658)
 
 
 def chinchilla_loss(n_params, n_tokens, law: ChinchillaLaw = CHINCHILLA):
@@ -382,7 +393,7 @@ def train_run(
         "n_params_total": sum(p.numel() for p in model.parameters()),
         "n_tokens": d,
         "flops": training_flops(n, d),
-        "flops_counted": flops_per_token(config, include_head=True) * d,
+        "flops_counted": kaplan_flops_per_token(config, include_head=True) * d,
         "train_loss": loss.item(),
         "val_loss": evaluate_loss(model, val_ids, T),
         "seconds": seconds,

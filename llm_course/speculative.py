@@ -34,6 +34,7 @@ from torch.nn import functional as F
 
 from llm_course.kv_cache import KVCache
 from llm_course.sampling import apply_temperature, check_sampling_settings, top_k_filter, top_p_filter
+from llm_course.utils import check_generator
 
 
 def residual_distribution(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
@@ -72,8 +73,10 @@ def speculative_step(
 ) -> torch.Tensor:
     """The tokens one round produces: the accepted drafts plus one more token, (n + 1,).
 
-    Draws gamma uniforms, then one token from `verify_draft`'s distribution.
+    Draws gamma uniforms, then one token from `verify_draft`'s distribution, from `generator`
+    (on p's device).
     """
+    check_generator(generator, p, "the target's probabilities")
     u = torch.rand(draft.shape[0], generator=generator, device=p.device)  # (gamma,)
     n, dist = verify_draft(p, q, draft, u)
     last = torch.multinomial(dist, 1, generator=generator)  # (1,)
@@ -83,7 +86,12 @@ def speculative_step(
 def probabilities(
     logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None
 ) -> torch.Tensor:
-    """The distribution `sample_next` draws from, (..., V): one-hot of the argmax at temperature 0."""
+    """The distribution `sample_next` draws from, (..., V), float32: one-hot of the argmax at temperature 0.
+
+    The logits are cast to float32 first, as `sample_next` does: a temperature applied to
+    bf16 logits would round them again (and differently from the sampler).
+    """
+    logits = logits.float()  # (..., V)
     if temperature == 0:
         return F.one_hot(logits.argmax(dim=-1), logits.shape[-1]).to(logits.dtype)
     logits = apply_temperature(logits, temperature)
@@ -148,10 +156,12 @@ def speculative_generate(
     first (dropout off).
     """
     check_sampling_settings(temperature, top_k, top_p)
+    check_generator(generator, idx, "the prompt idx")
     if idx.dim() != 2 or idx.shape[0] != 1:
         raise ValueError(f"speculative_generate takes one sequence, idx of shape (1, T); got {tuple(idx.shape)}")
     if gamma < 1:
         raise ValueError(f"gamma (draft tokens per round) must be at least 1, got {gamma}")
+    target.check_inputs(idx)  # ids in range: the forward passes with a cache do not check them
     size = idx.shape[1] + max_new_tokens + gamma
     for name, m in (("target", target), ("draft", draft)):
         if size > m.config.context_length:

@@ -19,7 +19,7 @@ Implements
   before the trouble began and goes on with fresh data (PaLM, Chowdhery et al., 2022, §5.1).
   With no such checkpoint, finite values are taken as a new level (the update is applied,
   the statistics restart), and NaN/inf stops the run: a NaN never reaches the weights;
-- `flops_per_token`, `peak_flops` and model FLOPs utilization (MFU; PaLM, appendix B);
+- `palm_flops_per_token`, `peak_flops` and model FLOPs utilization (MFU; PaLM, appendix B);
 - `sample_text`, a minimal sampler to watch training (chapter 08 builds the real ones);
 - the command `python -m llm_course train`.
 
@@ -35,6 +35,7 @@ import dataclasses
 import json
 import math
 import random
+import re
 import shutil
 import statistics
 import time
@@ -55,6 +56,10 @@ from llm_course.optim import AdamW, clip_grad_norm_, decay_groups, grad_norm, wa
 from llm_course.transformer import TransformerConfig, count_active_parameters, count_parameters, parameter_breakdown
 
 CHECKPOINT_FORMAT = "llm_course-train-checkpoint"
+# fp32: float32 everywhere, exact float32 matmuls; tf32: float32 tensors, matmuls on CUDA's TF32 tensor
+# cores (10-bit mantissa, `torch.set_float32_matmul_precision("high")`); bf16: autocast to bfloat16
+# (with TF32 for the float32 matmuls autocast leaves); auto: bf16 on CUDA, fp32 elsewhere.
+PRECISIONS = ("auto", "fp32", "tf32", "bf16")
 CHECKPOINT_VERSION = 1
 
 
@@ -84,7 +89,7 @@ class TrainConfig:
     spike_action: Literal["skip", "rollback"] = "skip"  # what a spike does first: skip the update, or roll back
     spike_patience: int = 5  # bad steps in a row after which "skip" rolls back too
     max_rollbacks: int = 5  # give up (RuntimeError) after this many rollbacks
-    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 elsewhere
+    precision: Literal["auto", "fp32", "tf32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 elsewhere
     compile: bool = False  # torch.compile the forward pass and loss
     fused_adamw: bool = False  # PyTorch's fused AdamW kernel instead of the course's AdamW
     seed: int = 0  # seeds the data order and torch's generators (dropout)
@@ -95,8 +100,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.spike_action not in ("skip", "rollback"):
             raise ValueError(f'spike_action must be "skip" or "rollback", got {self.spike_action!r}')
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise ValueError(f'precision must be "auto", "fp32" or "bf16", got {self.precision!r}')
+        if self.precision not in PRECISIONS:
+            raise ValueError(f'precision must be "auto", "fp32", "tf32" or "bf16", got {self.precision!r}')
 
     @property
     def tokens_per_step(self) -> int:
@@ -243,12 +248,15 @@ class SpikeDetector:
 # FLOPs and model FLOPs utilization
 # ---------------------------------------------------------------------------------------
 
-# Dense bf16 tensor-core peaks in TFLOP/s (NVIDIA data sheets; no sparsity), by device-name substring.
-PEAK_BF16_TFLOPS = [("H100 NVL", 835.0), ("H100 PCIe", 756.0), ("H100", 989.0), ("H200", 989.0),
-                    ("A100", 312.0), ("L40S", 362.0), ("L4", 121.0)]  # fmt: skip
+# Dense bf16 tensor-core peaks in TFLOP/s (NVIDIA data sheets; no sparsity). A card matches the first
+# entry whose words all appear as whole words of its name (`torch.cuda.get_device_name`): "H200 NVL"
+# before "H200" (the SXM card, "NVIDIA H200"), and "L4" does not match an "NVIDIA L40".
+PEAK_BF16_TFLOPS = [("H100 NVL", 835.0), ("H100 PCIe", 756.0), ("H100", 989.0), ("H200 NVL", 835.0),
+                    ("H200", 989.0), ("GH200", 989.0), ("A100", 312.0), ("L40S", 362.0), ("L40", 181.0),
+                    ("L4", 121.0), ("A10", 125.0)]  # fmt: skip
 
 
-def flops_per_token(config: TransformerConfig, seq_len: int | None = None) -> int:
+def palm_flops_per_token(config: TransformerConfig, seq_len: int | None = None) -> int:
     """Training FLOPs per token: 6 N + 12 L T C (PaLM, appendix B).
 
     N counts the weights used in matrix products: every parameter except the position table
@@ -272,8 +280,16 @@ def peak_flops(device: torch.device | str) -> float | None:
     device = torch.device(device)
     if device.type != "cuda" or not torch.cuda.is_available():
         return None
-    name = torch.cuda.get_device_name(device)
-    return next((tflops * 1e12 for key, tflops in PEAK_BF16_TFLOPS if key in name), None)
+    return peak_flops_for_name(torch.cuda.get_device_name(device))
+
+
+def peak_flops_for_name(name: str) -> float | None:
+    """The dense bf16 peak in FLOP/s of the GPU called `name` (e.g. "NVIDIA H100 80GB HBM3"), or None."""
+    words = set(re.split(r"[^0-9A-Za-z]+", name.upper()))  # "NVIDIA A100-SXM4-80GB" -> {..., "A100", "SXM4"}
+    for key, tflops in PEAK_BF16_TFLOPS:
+        if set(key.upper().split()) <= words:
+            return tflops * 1e12
+    return None
 
 
 # ---------------------------------------------------------------------------------------
@@ -326,8 +342,10 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(groups, **hyper, fused=True) if c.fused_adamw else AdamW(groups, **hyper)
         self.detector = SpikeDetector(c.spike_threshold, c.spike_window, c.spike_min_history)
         self.use_bf16 = c.precision == "bf16" or (c.precision == "auto" and self.device.type == "cuda")
+        if self.device.type == "cuda":  # float32 matmuls: exact for fp32, TF32 tensor cores otherwise
+            torch.set_float32_matmul_precision("highest" if c.precision == "fp32" else "high")
         self.loss_fn = torch.compile(self.compute_loss) if c.compile else self.compute_loss
-        self.flops_per_token = flops_per_token(model.config, c.seq_len)
+        self.flops_per_token = palm_flops_per_token(model.config, c.seq_len)
         self.peak_flops = peak_flops(self.device)
         self.step = 0  # optimizer steps done (the schedule's position; goes back on a rollback)
         self.iteration = 0  # batches of steps processed, applied or not (never goes back)
@@ -768,7 +786,8 @@ def add_command(subparsers) -> None:
     parser.add_argument("--eval-interval", type=int, default=100, help="steps between validations (default: 100)")
     parser.add_argument("--checkpoint-interval", type=int, default=100, help="steps between checkpoints (default: 100)")
     parser.add_argument("--device", default=None, help="cpu, cuda or mps (default: the best available)")
-    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"], help="auto: bf16 on CUDA")
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS, help="auto: bf16 on CUDA; tf32: fp32 "
+                        "with TF32 matmuls on CUDA")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model and loss")
     parser.add_argument("--fused-attention", action="store_true", help="PyTorch's fused attention kernel")
     parser.add_argument("--fused-adamw", action="store_true", help="PyTorch's fused AdamW instead of the course's")

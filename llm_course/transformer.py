@@ -283,8 +283,13 @@ class Transformer(nn.Module):
             for ffn in block.ffn.experts if isinstance(block.ffn, MoE) else [block.ffn]:
                 nn.init.normal_(ffn.w2.weight, std=residual_std, generator=generator)
 
-    def check_inputs(self, idx: torch.Tensor, positions: torch.Tensor | None = None) -> None:
-        """Raise a TypeError / ValueError naming what was expected if idx or positions are unusable."""
+    def check_inputs(self, idx: torch.Tensor, positions: torch.Tensor | None = None, values: bool = True) -> None:
+        """Raise a TypeError / ValueError naming what was expected if idx or positions are unusable.
+
+        Types and shapes are checked from the tensors' metadata. `values` also checks that the
+        ids and positions are in range, which reads them: on a GPU that waits for the device (a
+        host sync), so the decode steps and compiled code skip it (see `features`).
+        """
         c = self.config
         if not isinstance(idx, torch.Tensor):
             raise TypeError(f"idx must be a torch.Tensor of token ids, got {type(idx).__name__}")
@@ -297,20 +302,25 @@ class Transformer(nn.Module):
             raise ValueError(f"idx must hold at least one token, got shape {tuple(idx.shape)}")
         if positions is None and seq_len > c.context_length:
             raise ValueError(f"sequence length {seq_len} exceeds context_length {c.context_length}")
-        low, high = int(idx.min()), int(idx.max())
+        if positions is not None:
+            integer = isinstance(positions, torch.Tensor) and not positions.is_floating_point()
+            if not integer or positions.dtype == torch.bool:
+                raise TypeError(f"positions must be an integer tensor, got {getattr(positions, 'dtype', positions)}")
+            if positions.shape not in ((seq_len,), (batch, seq_len)):
+                raise ValueError(
+                    f"positions must have shape (T,) or (B, T) = {(batch, seq_len)}, got {tuple(positions.shape)}"
+                )
+        if not values:
+            return
+        ends = [idx.min(), idx.max()] + ([] if positions is None else [positions.min(), positions.max()])
+        low, high, *position_ends = torch.stack([e.long() for e in ends]).tolist()  # one read of the device
         if low < 0 or high >= c.vocab_size:
             raise ValueError(
                 f"token ids must be in [0, {c.vocab_size}) (vocab_size), got values from {low} to {high}"
             )
         if positions is None:
             return
-        if not isinstance(positions, torch.Tensor) or positions.is_floating_point() or positions.dtype == torch.bool:
-            raise TypeError(f"positions must be an integer tensor, got {getattr(positions, 'dtype', positions)}")
-        if positions.shape not in ((seq_len,), (batch, seq_len)):
-            raise ValueError(
-                f"positions must have shape (T,) or (B, T) = {(batch, seq_len)}, got {tuple(positions.shape)}"
-            )
-        low, high = int(positions.min()), int(positions.max())
+        low, high = position_ends
         if low < 0 or (c.position != "none" and high >= c.context_length):
             raise ValueError(
                 f"positions must be in [0, {c.context_length}) (context_length), got values from {low} to {high}"
@@ -319,10 +329,17 @@ class Transformer(nn.Module):
     def features(
         self, idx: torch.Tensor, positions: torch.Tensor | None = None, mask: torch.Tensor | None = None, cache=None
     ) -> torch.Tensor:
-        """The final hidden states (after the last norm) for token ids idx (B, T): (B, T, C)."""
+        """The final hidden states (after the last norm) for token ids idx (B, T): (B, T, C).
+
+        The inputs are checked in eager mode only: a compiled forward stays one graph. Their
+        values (ids and positions in range) are checked only without a cache: a decode step
+        never waits for the device (the prompt was checked by `generate`, and sampled ids
+        are in range); an out-of-range id there fails in the embedding lookup instead.
+        """
         if cache is not None and positions is None:
             positions = cache.positions(idx.shape[1])  # the new tokens follow the cached ones
-        self.check_inputs(idx, positions)
+        if not torch.compiler.is_compiling():
+            self.check_inputs(idx, positions, values=cache is None)
         x = self.token_embedding(idx.long())  # (B, T, C)
         if self.position_embedding is not None:
             pos = torch.arange(idx.shape[1], device=idx.device) if positions is None else positions

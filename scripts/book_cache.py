@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / "_build" / ".jupyter_cache"
 # Sphinx's saved environment: it would skip re-reading (so re-executing) unchanged pages.
 DOCTREES = ROOT / "_build" / ".doctrees"
+STUDENT_DOCTREES = ROOT / "_build" / "student" / ".doctrees"  # the student edition's (build_book.py)
 STAMP = ROOT / "_build" / ".llm_course.sha256"
 
 
@@ -34,7 +35,7 @@ def main() -> None:
     if STAMP.exists() and STAMP.read_text() == current:
         print("book cache: llm_course unchanged, cached pages are reused")
         return
-    for folder in (CACHE, DOCTREES):
+    for folder in (CACHE, DOCTREES, STUDENT_DOCTREES):
         if folder.exists():
             shutil.rmtree(folder)
     print("book cache: llm_course changed (or first build), every page will be executed")

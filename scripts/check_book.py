@@ -1,6 +1,6 @@
 """Open every page of the built book in a real headless browser and check what a reader sees.
 
-    python scripts/check_book.py [_build/html] [--toc _toc.yml] [--screenshots DIR]
+    python scripts/check_book.py [_build/html] [--toc _toc.yml] [--screenshots DIR] [--student]
 
 The book is served from a local HTTP server on a free port (the way a reader gets it) and each
 page listed in the table of contents is loaded in Debian's Chromium, driven by Selenium through
@@ -14,11 +14,22 @@ ChromeDriver. For every page:
   an image, and no request of the page got an HTTP error;
 - internal links resolve: every `href` into the book names an existing file and, for `#anchor`,
   an existing id on that page;
+- diagrams render: every SVG of the page (a Graphviz `<object>`, a Mermaid diagram, an inline SVG
+  of a figure) draws something (shapes, a non-empty bounding box);
+- citations resolve: no unresolved reference (`.xref` outside a link), and every citation's link
+  lands on a bibliography entry;
+- numbered references land: every `{numref}` / `{eq}` link goes to an element that carries the
+  same number (the figure's caption number, the equation's number);
 - no console errors of our own: the browser console's errors that come from the book's pages and
   scripts fail (the browser's own favicon.ico probe is ignored);
 - no request leaves the build: every http(s) request made by the page (the browser's network
   log and the page's performance resource entries) must go to the local server. Other hosts
   are not resolved at all (Chromium's --host-resolver-rules), so nothing is ever sent out.
+
+With `--student` (the student edition, `make book EDITION=student`), it also searches every file
+of the build (pages, `_sources/`, notebooks, scripts) for the body of any graded function: the
+references of scripts/graded_functions.py and the solution cells of solutions/, compared as
+normalised lines, so markup around them does not hide them.
 
 It prints one line per page, the failures under it, and a summary; it exits 1 if anything
 failed, 2 if the check could not run (no build, no browser). Viewport screenshots of a few
@@ -69,6 +80,8 @@ PAGE_LOAD_TIMEOUT_S = 60
 MATHJAX_TIMEOUT_S = 60
 IMAGE_TIMEOUT_S = 20
 MAX_LINES_PER_PAGE = 25
+# Files of a build searched for graded bodies (--student): pages, source copies, notebooks, scripts.
+LEAK_SUFFIXES = (".html", ".htm", ".txt", ".md", ".ipynb", ".py", ".json", ".js", ".svg")
 
 # Raw TeX that typesetting should have consumed. Searched in the visible text outside code.
 RAW_TEX = re.compile(
@@ -246,6 +259,51 @@ const sleep = ms => new Promise(r => setTimeout(r, ms));
     if (!fig.querySelector("img, svg, object, video, canvas"))
       report.emptyFigures.push((fig.id || fig.textContent.trim()).slice(0, 80));
 
+  // Diagrams: an SVG in an <object> (Graphviz), inline (Mermaid, figures) must draw something.
+  const drawn = svg => {
+    if (!svg || svg.nodeName.toLowerCase() !== "svg") return false;
+    const shapes = svg.querySelectorAll("path, polygon, polyline, ellipse, circle, rect, line, text, image");
+    let box = {width: 0, height: 0};
+    try { box = svg.getBBox(); } catch (e) {}
+    return shapes.length > 0 && box.width > 0 && box.height > 0;
+  };
+  const objects = [...document.querySelectorAll("object[data]")];
+  const diagramDeadline = Date.now() + imageTimeout * 1000;
+  const objectSvg = o => { try { return o.contentDocument && o.contentDocument.documentElement; }
+                           catch (e) { return null; } };
+  while (Date.now() < diagramDeadline &&
+         (objects.some(o => !drawn(objectSvg(o))) ||
+          [...document.querySelectorAll(".mermaid")].some(m => !drawn(m.querySelector("svg")))))
+    await sleep(100);
+  report.diagrams = 0;
+  report.badDiagrams = [];
+  for (const o of objects) {
+    report.diagrams++;
+    if (!drawn(objectSvg(o))) report.badDiagrams.push(o.getAttribute("data"));
+  }
+  for (const m of document.querySelectorAll(".mermaid")) {
+    report.diagrams++;
+    if (!drawn(m.querySelector("svg"))) report.badDiagrams.push("mermaid: " + m.textContent.trim().slice(0, 60));
+  }
+  for (const svg of document.querySelectorAll("figure svg, .graphviz svg")) {
+    if (svg.closest(".mermaid") || svg.parentElement.closest("svg")) continue;
+    report.diagrams++;
+    if (!drawn(svg)) report.badDiagrams.push("inline svg in " + (svg.closest("figure, .graphviz").id || "a figure"));
+  }
+  report.diagrams += [...document.images].filter(i => /\.svg$/i.test(i.getAttribute("src") || "")).length;
+
+  // Citations and cross-references: resolved, and each lands on its target.
+  report.unresolved = [...document.querySelectorAll(".xref")].filter(x => !x.closest("a"))
+      .map(x => x.textContent.trim().slice(0, 60));
+  report.citations = [...document.querySelectorAll(".bibtex-citation, a.citation-reference, .footcite")]
+      .map(c => [c.textContent.trim().slice(0, 60),
+                 [...c.querySelectorAll("a[href]")].map(a => a.href).concat(
+                     c.matches("a[href]") ? [c.href] : [])]);
+  report.numbered = [...document.querySelectorAll("a.reference.internal[href]")]
+      .filter(a => a.querySelector(".std-numref") || /^#equation-/.test(new URL(a.href).hash)
+                   && a.textContent.trim().startsWith("("))
+      .map(a => [a.textContent.trim(), a.href]);
+
   // Links (resolved by the browser) and the page's own record of what it requested.
   report.links = [...document.querySelectorAll("a[href], area[href]")]
       .map(a => [a.getAttribute("href"), a.href]);
@@ -346,6 +404,20 @@ def check_page(driver, server, build: Path, page: str, base: str) -> PageResult:
     for figure in report["emptyFigures"]:
         fail(f"figure without an image: {figure}")
 
+    # Diagrams, citations, numbered references.
+    for diagram in report["badDiagrams"]:
+        fail(f"diagram does not render: {diagram}")
+    for text in report["unresolved"]:
+        fail(f"unresolved reference: {text}")
+    for text, hrefs in report["citations"]:
+        problem = citation_problem(build, html_path, text, hrefs, set(report["ids"]))
+        if problem:
+            fail(problem)
+    for text, href in report["numbered"]:
+        problem = numbered_problem(build, html_path, text, href, set(report["ids"]))
+        if problem:
+            fail(problem)
+
     # Requests: other hosts, HTTP errors on our own files.
     requests, status, failed = network_events(driver)
     outside = []
@@ -401,9 +473,78 @@ def check_page(driver, server, build: Path, page: str, base: str) -> PageResult:
     result.counts = {
         "math": report["mjx"],
         "images": len(report["images"]),
+        "diagrams": report["diagrams"],
+        "citations": len(report["citations"]),
         "links": len(report["links"]),
     }
     return result
+
+
+def _target(build: Path, html_path: Path, href: str, page_ids: set[str]) -> tuple[Path, str, bool]:
+    """(file, fragment, whether that file has an element with that id) of a link of the page."""
+    url, fragment = urldefrag(href)
+    target = local_file(build, urlsplit(url).path)
+    fragment = unquote(fragment)
+    if not target.is_file():
+        return target, fragment, False
+    ids = page_ids if target.resolve() == html_path.resolve() else ids_of(target)
+    return target, fragment, bool(fragment) and fragment in ids
+
+
+def _element_html(path: Path, element_id: str, size: int = 20000) -> str:
+    """The HTML that follows the opening tag of the element with that id (a window of it)."""
+    text = path.read_text(encoding="utf-8", errors="replace")
+    match = re.search(r'<[^>]*\sid="' + re.escape(element_id) + r'"', text)
+    return text[match.start():match.start() + size] if match else ""
+
+
+def citation_problem(build: Path, html_path: Path, text: str, hrefs: list[str], page_ids) -> str:
+    """Why a citation does not resolve (None if it lands on a bibliography entry)."""
+    if not hrefs or "?" in text:
+        return f"unresolved citation: {text}"
+    for href in hrefs:
+        target, fragment, found = _target(build, html_path, href, page_ids)
+        if not found:
+            return f"citation {text} links nowhere: {fragment!r} is not in {_rel(target, build)}"
+        head = _element_html(target, fragment, 400)
+        if not re.match(r'<[^>]*(role="doc-biblioentry"|class="[^"]*citation\b)', head):
+            return f"citation {text} does not land on a bibliography entry (#{fragment})"
+    return None
+
+
+def numbered_problem(build: Path, html_path: Path, text: str, href: str, page_ids) -> str:
+    """Why a {numref}/{eq} link misses its target (None if the target carries the same number)."""
+    target, fragment, found = _target(build, html_path, href, page_ids)
+    if not found:
+        return f"reference {text!r} links nowhere: no id {fragment!r} in {_rel(target, build)}"
+    window = _element_html(target, fragment)
+    marker = re.search(r'class="(caption-number|eqno)">([^<]*)<', window)
+    number = re.search(r"\d+(\.\d+)*", text)
+    # An equation's reference reads "(n)" and lands on its number; a figure's, table's or
+    # exercise's reads "Fig. n" and lands on its caption number.
+    kind = "eqno" if text.startswith("(") else "caption-number"
+    shown = re.search(r"\d+(\.\d+)*", marker.group(2)) if marker else None
+    if not (marker and number and shown and marker.group(1) == kind
+            and shown.group(0) == number.group(0)):
+        found = marker.group(2).strip() if marker else "no number"
+        return f"reference {text!r} does not land on its target (#{fragment} shows {found!r})"
+    return None
+
+
+# --------------------------------------------------------------------------- student edition
+def leaked_bodies(build: Path) -> list[str]:
+    """Graded bodies found anywhere in a build: every page, source copy and notebook, as text."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import graded_functions
+
+    found = []
+    for path in sorted(build.rglob("*")):
+        if (not path.is_file() or path.suffix not in LEAK_SUFFIXES or path.stat().st_size > 20_000_000
+                or {"_static", "mathjax"} & set(path.relative_to(build).parts)):
+            continue
+        for name in graded_functions.find_leaks(graded_functions.text_of_file(path)):
+            found.append(f"{_rel(path, build)}: the body of {name}")
+    return found
 
 
 @functools.lru_cache(maxsize=None)
@@ -434,6 +575,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--screenshot-pages", type=int, default=3,
                         help="how many pages (from the first) to screenshot; failing pages "
                         "are always captured (default: 3)")
+    parser.add_argument("--student", action="store_true",
+                        help="the student edition: also fail if any file of the build holds the "
+                        "body of a graded function (scripts/graded_functions.py)")
     args = parser.parse_args(argv)
 
     build = Path(args.build).resolve()
@@ -486,6 +630,14 @@ def main(argv: list[str] | None = None) -> int:
             server.shutdown()
             server.server_close()
 
+    if args.student:
+        leaks = PageResult("student edition: no graded body")
+        leaks.failures = leaked_bodies(build)
+        results.append(leaks)
+        status = "FAIL" if leaks.failures else "ok  "
+        print(f"{status} {leaks.page}", flush=True)
+        for line in leaks.failures[:MAX_LINES_PER_PAGE]:
+            print(f"       leak: {line}")
     failed = [r for r in results if r.failures]
     total = sum(len(r.failures) for r in results)
     print(f"{len(results)} pages checked in {time.monotonic() - started:.1f} s: "

@@ -130,6 +130,20 @@ def test_fully_masked_rows_give_zeros_not_nan(kind):
     assert not out.isnan().any() and out[0, 0, :2].abs().max().item() == 0.0
 
 
+@pytest.mark.parametrize("mask_kind", ["none", "bool"])
+def test_float64_attention_keeps_float64_precision(mask_kind):
+    """float64 inputs get a float64 softmax (not one rounded through float32), and a float64 result."""
+    q, k, v = qkv(2, 2, 5, 5, 8, dtype=torch.float64, seed=3)
+    mask = None if mask_kind == "none" else causal_mask(5)
+    scores = (q @ k.transpose(-2, -1)) / math.sqrt(8)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    want = torch.softmax(scores, dim=-1) @ v  # all in float64
+    got = scaled_dot_product_attention(q, k, v, mask=mask)
+    assert got.dtype == torch.float64
+    torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-12)
+
+
 def test_weights_rows_sum_to_one_and_respect_the_mask():
     q, k, _ = qkv(2, 3, 6, 6, 8)
     w = attention_weights(q, k, causal=True)

@@ -60,3 +60,12 @@ def test_request_too_long_raises():
     m = model(tiny)
     with pytest.raises(ValueError, match="context_length"):
         continuous_batching(m, [Request([1] * 40, 30)], batch_size=2)
+
+
+def test_out_of_range_prompt_ids_are_named():
+    # The decode path does not read the ids back from the device, so the requests are checked first.
+    m = model(tiny)
+    for serve in (continuous_batching, static_batching):
+        message = rf"request 1: token ids must be in \[0, {V}\) \(vocab_size\), got values from 0 to {V}"
+        with pytest.raises(ValueError, match=message):
+            serve(m, [Request([1, 2], 3), Request([0, V], 3)], batch_size=2)

@@ -5,6 +5,14 @@ A tiny book is built with the real `jupyter-book build -W` and the repository's 
 figure and internal links, a landing page with a `{download}` link to an exercise notebook, and
 one page per planted fault. The checker must pass the clean pages and report each fault, on
 its page. A last test runs the checker on the repository's own build when it is up to date.
+
+The two editions (scripts/build_book.py, scripts/book_editions.py) are built from one chapter
+with a `{graded-exercise}`, the same reference in a `literalinclude` and printed by a cell, a
+Graphviz figure, a citation and numbered references: the student edition must show the signature,
+docstring and tests but no body anywhere (and reuse the execution cache); the checker run with
+`--student` on the self-study edition must find the bodies; planted faults (an empty diagram, a
+citation and a numref that miss their targets, an unresolved reference) must each be reported.
+A chapter's generated notebook (scripts/page_notebook.py) is run top to bottom in a fresh kernel.
 """
 
 import os
@@ -291,4 +299,233 @@ def test_the_repository_book_passes():
     if sources and sources[-1].stat().st_mtime > stamp.stat().st_mtime:
         pytest.skip(f"{build} is older than {sources[-1].relative_to(ROOT)}: run `make book`")
     code, output, _ = run_checker(build)
+    assert code == 0, output
+
+
+# --------------------------------------------------------------------------- the two editions
+import graded_functions  # noqa: E402  (scripts/, on sys.path above)
+
+BUILD_BOOK = ROOT / "scripts" / "build_book.py"
+EDITION_PAGE = FRONT_MATTER + """\
+# Editions
+
+Attention {cite}`vaswani2017` is drawn in {numref}`fig-graph`; the definition is {eq}`eq-def`.
+
+```{math}
+:label: eq-def
+y = x
+```
+
+```{graphviz}
+:name: fig-graph
+:caption: A diagram
+digraph { q -> k -> v }
+```
+
+```{graded-exercise} merge
+```
+
+The reference once more, elsewhere on the page, and printed by a cell:
+
+```{literalinclude} ../../llm_course/bpe.py
+:pyobject: merge
+```
+
+```{code-cell} ipython3
+import inspect
+from llm_course.bpe import merge
+print(inspect.getsource(merge))
+```
+
+```{bibliography}
+:filter: docname in docnames
+```
+"""
+BIB = """\
+@article{vaswani2017,
+  title = {Attention Is All You Need},
+  author = {Vaswani, Ashish and Shazeer, Noam},
+  journal = {arXiv:1706.03762},
+  year = {2017}
+}
+"""
+
+
+def run_build(folder: Path, edition: str) -> str:
+    proc = subprocess.run(
+        [sys.executable, str(BUILD_BOOK), edition, "--source", str(folder)],
+        capture_output=True, text=True, timeout=600,
+        env={k: v for k, v in os.environ.items() if k != "MPLBACKEND"},
+    )
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-4000:]
+    return output
+
+
+@pytest.fixture(scope="module")
+def editions_book(tmp_path_factory):
+    """A one-chapter book inside the repository's layout (so ../llm_course and ../exercises resolve
+    as in book/), built as both editions; the student edition reuses the execution cache."""
+    folder = tmp_path_factory.mktemp("editions")
+    config = yaml.safe_load((ROOT / "_config.yml").read_text())
+    config["sphinx"]["local_extensions"] = {
+        name: str((ROOT / path).resolve()) for name, path in config["sphinx"]["local_extensions"].items()
+    }
+    config["bibtex_bibfiles"] = ["refs.bib"]
+    config["exclude_patterns"] = ["_build"]
+    config["only_build_toc_files"] = True
+    (folder / "_config.yml").write_text(yaml.safe_dump(config))
+    (folder / "refs.bib").write_text(BIB)
+    (folder / "_toc.yml").write_text(
+        "format: jb-book\nroot: book/index\nchapters:\n  - file: book/02_editions\n")
+    (folder / "book").mkdir()
+    (folder / "book" / "index.md").write_text("# Editions test\n\nRead [the chapter](02_editions.md).\n")
+    # The page sits two folders below the repository's llm_course/ only through its own paths.
+    page = EDITION_PAGE.replace("../../llm_course", os.path.relpath(ROOT / "llm_course", folder / "book"))
+    (folder / "book" / "02_editions.md").write_text(page)
+    shutil.copytree(MATHJAX, folder / "_build" / "static" / "mathjax")
+    run_build(folder, "self-study")
+    student_log = run_build(folder, "student")
+    return folder, student_log
+
+
+def test_graded_functions_match_the_notebooks_and_the_book():
+    ids = graded_functions.graded_ids()
+    assert set(ids) == set(graded_functions.REFERENCES) == set(graded_functions.EXERCISES)
+    for grade_id, references in graded_functions.REFERENCES.items():
+        for dotted in references:
+            head, body = graded_functions.split_source(graded_functions.reference_source(dotted))
+            assert graded_functions.normalise(body), f"{dotted} has no body to hide"
+    text = "\n".join(p.read_text() for p in sorted((ROOT / "book").glob("*.md")))
+    shown = re.findall(r"^```\{graded-exercise\} (\w+)$", text, re.M)
+    assert sorted(shown) == sorted(ids), "each graded function has exactly one exercise in the book"
+
+
+def test_leak_finder_sees_a_body_through_markup_and_not_the_stub():
+    source = graded_functions.reference_source("llm_course.bpe:merge")
+    as_html = "<pre>" + "".join(f'<span class="n">{html_escape(line)}</span>\n'
+                                for line in source.splitlines()) + "</pre>"
+    assert "merge (llm_course.bpe:merge)" in graded_functions.find_leaks(source)
+    assert "merge (llm_course.bpe:merge)" in graded_functions.find_leaks(
+        re.sub(r"<[^>]+>", "", as_html).replace("&gt;", ">").replace("&lt;", "<").replace("&quot;", '"'))
+    assert graded_functions.find_leaks(graded_functions.stub("llm_course.bpe:merge")) == []
+    assert graded_functions.find_leaks("def merge(ids, pair, new_id):\n    return ids\n") == []
+
+
+def test_redaction_keeps_the_signature_of_a_method_inside_its_class():
+    import inspect
+
+    from book_editions import HIDDEN_NOTE, redact
+    from llm_course.moe import MoE
+    from llm_course.transformer import Block
+
+    for cls in (Block, MoE):
+        source = inspect.getsource(cls)
+        assert graded_functions.find_leaks(source), f"{cls.__name__} should hold a graded body"
+        clean = redact(source)
+        assert clean != HIDDEN_NOTE and graded_functions.find_leaks(clean) == []
+        assert "def __init__" in clean and "    def forward(" in clean  # only the body went
+        assert graded_functions.HIDDEN_BODY in clean
+
+
+def html_escape(text: str) -> str:
+    import html
+
+    return html.escape(text)
+
+
+@needs_browser
+@needs_mathjax
+def test_student_edition_has_no_graded_body_and_passes_the_check(editions_book):
+    folder, student_log = editions_book
+    assert "Using cached notebook" in student_log, "the student edition re-executed the page"
+    student = folder / "_build" / "student" / "html"
+    page = (student / "book" / "02_editions.html").read_text()
+    assert "def merge(" in page and "not shown in this edition" in page  # signature + docstring
+    assert "check_merge" in page and "Hint" in page
+    assert 'class="solution' not in page
+    notebook = student / "_sources" / "book" / "02_editions.ipynb"
+    assert notebook.is_file() and "_sources/book/02_editions.ipynb" in page  # the download menu
+    code, output, pages = run_checker(student, "--toc", str(folder / "_toc.yml"), "--student",
+                                      "--screenshots", str(folder / "shots"))
+    assert code == 0, output
+    assert re.search(r"ok\s+book/02_editions\s+\d+ math, \d+ images, 1 diagrams, 1 citations", output), output
+    assert "ok   student edition: no graded body" in output
+
+
+@needs_browser
+@needs_mathjax
+def test_checker_finds_the_bodies_in_the_self_study_edition(editions_book):
+    folder, _ = editions_book
+    build = folder / "_build" / "html"
+    page = (build / "book" / "02_editions.html").read_text()
+    assert 'class="solution dropdown' in page  # the reference behind "show solution"
+    code, output, pages = run_checker(build, "--toc", str(folder / "_toc.yml"), "--student",
+                                      "--screenshots", str(folder / "shots"))
+    assert code == 1, output
+    assert pages["book/02_editions"] == ["ok"], output  # the edition itself is sound
+    leaks = pages["student"]
+    assert any(re.search(r"book/02_editions\.html: the body of merge \(llm_course\.bpe:merge\)", l) for l in leaks)
+    assert any(re.search(r"_sources/book/02_editions\.ipynb: the body of merge", l) for l in leaks)
+
+
+@needs_browser
+@needs_mathjax
+def test_checker_reports_diagrams_citations_and_numbered_references(editions_book, tmp_path):
+    folder, _ = editions_book
+    build = tmp_path / "html"
+    shutil.copytree(folder / "_build" / "html", build)
+    page = build / "book" / "02_editions.html"
+    html = page.read_text()
+    svg = re.search(r'<object data="\.\./(_images/graphviz-[^"]+\.svg)"', html).group(1)
+    (build / svg).write_text("")  # an unrendered diagram
+    cite = re.search(r'<span class="bibtex-citation"[^>]*>\[<a class="reference internal" href="#([^"]+)"', html)
+    html = html.replace(f'href="#{cite.group(1)}"', 'href="#fig-graph"', 1)  # a citation that misses
+    html = html.replace('href="#fig-graph"><span class="std std-numref">',
+                        'href="#equation-eq-def"><span class="std std-numref">', 1)  # a numref that misses
+    html = html.replace("</article>", '<p><span class="xref std std-numref">fig-missing</span></p></article>', 1)
+    page.write_text(html)
+    code, output, pages = run_checker(build, "--toc", str(folder / "_toc.yml"),
+                                      "--screenshots", str(tmp_path / "shots"))
+    assert code == 1, output
+    lines = pages["book/02_editions"]
+    for pattern in [r"diagram does not render: \.\./_images/graphviz-\w+\.svg",
+                    r"citation \S+ does not land on a bibliography entry \(#fig-graph\)",
+                    r"reference 'Fig\. 1' does not land on its target \(#equation-eq-def shows '\(1\)'\)",
+                    r"unresolved reference: fig-missing"]:
+        assert any(re.search(pattern, line) for line in lines), f"{pattern!r} not in\n" + "\n".join(lines)
+
+
+def test_a_chapter_notebook_runs_top_to_bottom_and_the_student_one_hides_the_answers(tmp_path):
+    import nbformat
+    from nbclient import NotebookClient
+
+    import page_notebook
+
+    page = ROOT / "book" / "02_tokenization.md"
+    self_study = page_notebook.page_notebook(page, "self-study")
+    student = page_notebook.page_notebook(page, "student")
+    text = lambda nb: "\n".join(cell.source for cell in nb.cells)  # noqa: E731
+    assert "merge (llm_course.bpe:merge)" in graded_functions.find_leaks(text(self_study))
+    assert graded_functions.find_leaks(text(student)) == []
+    assert "{literalinclude}" not in text(self_study) and "{graded-exercise}" not in text(student)
+    path = tmp_path / "02_tokenization.ipynb"
+    page_notebook.write(student, path)
+    nb = nbformat.read(str(path), as_version=4)
+    NotebookClient(nb, timeout=600, kernel_name="python3",
+                   resources={"metadata": {"path": str(tmp_path)}}).execute()  # a fresh kernel, elsewhere
+    assert all(not any(o.get("output_type") == "error" for o in c.get("outputs", []))
+               for c in nb.cells if c.cell_type == "code")
+
+
+@needs_browser
+def test_the_repository_student_edition_passes():
+    build = ROOT / "_build" / "student" / "html"
+    stamp = build / "searchindex.js"
+    if not stamp.is_file():
+        pytest.skip(f"no student edition in {build} (run `make book EDITION=student`)")
+    sources = sorted((ROOT / "book").glob("*.md"), key=lambda p: p.stat().st_mtime)
+    if sources and sources[-1].stat().st_mtime > stamp.stat().st_mtime:
+        pytest.skip(f"{build} is older than {sources[-1].relative_to(ROOT)}: rebuild it")
+    code, output, _ = run_checker(build, "--toc", str(ROOT / "_toc.yml"), "--student")
     assert code == 0, output

@@ -2,8 +2,11 @@
 
 `instructor/simulate_class.py` builds a class of simulated students (the reference
 solution, planted bugs from tests/mutants/, untouched exercises, missing and hostile
-submissions), computes every test cell's expected score by running the instructor
-notebook in-process, grades the class with nbgrader, and compares every cell's score.
+submissions, the attacks of issue 13, independent solutions and a disguised copy of
+one), computes every test cell's expected score by running the instructor notebook
+in-process, grades the class with nbgrader, and compares every cell's score. The
+grade report's similarity section must list the copy and nothing else of the
+independent student's work.
 The full class (30 students, every assignment) is a benchmark run by hand
 (`python -m instructor.simulate_class --students 30`); this test grades a few
 students on a few assignments: set LLM_COURSE_CLASS_STUDENTS and
@@ -15,6 +18,7 @@ offline MathJax of the feedback.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -26,7 +30,8 @@ import pytest
 from instructor.simulate_class import simulate
 from tests.nbgrader_harness import Course, notebook_path, solution_sources, with_cells
 
-STUDENTS = int(os.environ.get("LLM_COURSE_CLASS_STUDENTS", "4"))
+# Five: s00 right, s01 independent solutions, s02 a copy of one, s03 and s04 the attacks of issue 13.
+STUDENTS = int(os.environ.get("LLM_COURSE_CLASS_STUDENTS", "5"))
 ASSIGNMENTS = os.environ.get("LLM_COURSE_CLASS_ASSIGNMENTS", "01_neural_networks,07_scaling_laws").split(",")
 
 
@@ -36,6 +41,11 @@ def test_reduced_class_every_score_as_expected(tmp_path):
     assert result["notebooks"] >= STUDENTS  # most students hand in most assignments
     assert not result["ungraded"], result["ungraded"]
     assert not result["mismatches"], "\n".join(result["mismatches"])
+    if STUDENTS >= 5:
+        assert {"cheats", "independent", "copy"} <= set(result["kinds"])
+        assert result["copies_planted"], "s02 should copy one of s01's functions"
+    assert not result["copies_missed"], result["copies_missed"]
+    assert not result["honest_work_listed"], result["honest_work_listed"]
 
     course = tmp_path / "course"
     report = course / "report"
@@ -43,6 +53,9 @@ def test_reduced_class_every_score_as_expected(tmp_path):
     assert csv[0].startswith("assignment,") and len(csv) == 1 + STUDENTS * len(ASSIGNMENTS)
     assert (report / "scores.png").read_bytes()[:4] == b"\x89PNG"
     assert "## Most common failures" in (report / "report.md").read_text()
+    assert "## Similar code (possible copies)" in (report / "report.md").read_text()
+    timings = json.loads((report / "timings.json").read_text())
+    assert timings["per_notebook_median_s"] == result["per_notebook_median_s"] > 0
 
     # Feedback: math rendered by the local MathJax, inlined (feedback files travel alone).
     pages = sorted((course / "feedback").glob("*/01_neural_networks/*.html"))

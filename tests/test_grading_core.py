@@ -140,3 +140,33 @@ def test_call_keeps_warnings_and_stderr_of_a_passing_function_off_stderr(capsys)
         warnings.simplefilter("always")
         assert grading.call(noisy, 1) == 2
     assert capsys.readouterr().err == ""
+
+
+def test_expect_tensor_requires_exactly_a_tensor():
+    import torch
+
+    from llm_course.grading import expect_tensor
+
+    class Agreeable(torch.Tensor):  # every comparison with it could come out "equal"
+        pass
+
+    def fn():
+        return None
+
+    assert expect_tensor(fn, torch.zeros(2), "x").shape == (2,)
+    with pytest.raises(CheckFailed, match="should return a torch.Tensor"):
+        expect_tensor(fn, torch.zeros(2).as_subclass(Agreeable), "x")
+
+
+def test_forbid_reference_also_forbids_it_at_run_time():
+    """A check's references may not run inside its later calls, whatever the route (here a getattr)."""
+
+    def merge(ids, pair, new_id):
+        return getattr(bpe, "mer" + "ge")(ids, pair, new_id)
+
+    # forbid_reference registers the references for the running check_* of a chapter module:
+    namespace = {"__name__": "llm_course.grading.fake", "forbid_reference": forbid_reference, "call": call, "bpe": bpe}
+    exec(compile("def check_merge(fn):\n    forbid_reference(fn, bpe.merge)\n    return call(fn, [1, 2], (1, 2), 9)\n",
+                 "<check>", "exec"), namespace)
+    with pytest.raises(CheckFailed, match="reference implementation llm_course.bpe.merge"):
+        namespace["check_merge"](merge)

@@ -6,7 +6,7 @@ One `nbgrader autograde` batch grades, side by side:
 |----------------------|-----------------------------------------------------------------|-------------------------------|
 | reference            | the solution                                                    | full marks                    |
 | loop_in_function     | decode() loops forever when called                              | decode 0, the rest full       |
-| loop_at_top_level    | the decode cell itself never finishes (nbgrader's cell timeout) | decode 0, the rest full       |
+| loop_at_top_level    | a top-level `while True` in the decode cell                     | full marks (the loop is dropped) |
 | deleted_test_cells   | the solution, with merge's test cells deleted                    | full marks (cells restored)   |
 | edited_test_cells    | a buggy merge, with merge's test cells edited to print "ok"      | merge 0 (cells restored)      |
 | syntax_error         | the solution with a syntax error in the decode cell             | decode 0, the rest full       |
@@ -95,7 +95,9 @@ def test_hostile_and_broken_submissions_in_one_batch(tmp_path):
 
     assert results["reference"].total == results["reference"].total_max
     assert results["deleted_test_cells"].total == results["deleted_test_cells"].total_max
-    for student in ("loop_in_function", "loop_at_top_level", "syntax_error"):
+    # Grading runs only the definitions of a solution cell: the top-level loop is dropped (and listed).
+    assert results["loop_at_top_level"].total == results["loop_at_top_level"].total_max
+    for student in ("loop_in_function", "syntax_error"):
         result = results[student]
         assert points(result, "decode") == 0, student
         for fn in FUNCTIONS[:-1]:
@@ -103,6 +105,11 @@ def test_hostile_and_broken_submissions_in_one_batch(tmp_path):
     assert points(results["edited_test_cells"], "merge") == 0
     assert points(results["edited_test_cells"], "get_pair_counts") == max_points("get_pair_counts")
     assert points(results["edited_test_cells"], "decode") == max_points("decode")
+
+    looped = nbformat.read(tmp_path / "autograded" / "loop_at_top_level" / CHAPTER / f"{CHAPTER}.ipynb", as_version=4)
+    cell = next(c for c in looped.cells if grade_id(c) == "decode")
+    assert cell.source.startswith("while True:"), "the graded notebook shows the cell as handed in"
+    assert "line 1: while True:" in "".join(o.get("text", "") for o in cell.outputs), "and says what was not run"
 
     # The autograded copy of the edited notebook runs the original checks, not the student's edits.
     graded = nbformat.read(
@@ -133,12 +140,12 @@ HOSTILE = {
         "decode fails: forbid_reference, through real grading",
     ),
     "system_exit": ("def decode(ids, merges):\n    raise SystemExit(0)\n", "decode fails"),
-    "os_exit": ("import os\ndef decode(ids, merges):\n    os._exit(1)\n", "decode fails (kernel restarted)"),
+    "os_exit": ("import os\ndef decode(ids, merges):\n    os._exit(1)\n", "decode fails (os._exit is refused)"),
     "kill_self": (
         "import os, signal\ndef decode(ids, merges):\n    os.kill(os.getpid(), signal.SIGKILL)\n",
-        "decode fails (kernel restarted)",
+        "decode fails (os.kill is refused)",
     ),
-    "kill_at_top_level": ("import os\nos._exit(1)\n", "decode fails (kernel died in the solution cell)"),
+    "kill_at_top_level": ("import os\nos._exit(1)\n", "decode fails (the call is dropped: no decode is defined)"),
     "memory_hog": ("def decode(ids, merges):\n    return bytearray(16 * 2**30)\n", "decode fails (MemoryError)"),
     "print_flood_in_function": (
         "{solution}\n_flood = [True]\n_decode = decode\n"
@@ -206,7 +213,9 @@ def test_hostile_submissions_fail_only_their_cells(tmp_path):
     # What the students and the instructor see.
     graded = nbformat.read(tmp_path / "course" / "autograded" / "os_exit" / CHAPTER / name, as_version=4)
     errors = {grade_id(c): [o.ename for o in c.outputs if o.output_type == "error"] for c in graded.cells if c.cell_type == "code"}
-    assert errors["test_decode"] == ["KernelDied"]
+    assert errors["test_decode"] == ["CheckFailed"]  # os._exit is refused before it runs (grading/watch.py)
+    message = next(o.evalue for c in graded.cells if grade_id(c) == "test_decode" for o in c.outputs if o.output_type == "error")
+    assert "os._exit" in message and "may not use" in message
     assert not any("_llm_course" in c.source for c in graded.cells), "the grading guard must not show in the graded notebook"
     flood = nbformat.read(tmp_path / "course" / "autograded" / "print_flood_in_function" / CHAPTER / name, as_version=4)
     cell = next(c for c in flood.cells if grade_id(c) == "test_decode")
@@ -217,7 +226,7 @@ def test_hostile_submissions_fail_only_their_cells(tmp_path):
     assert (report / "grades.csv").read_text().count("\n") >= len(HOSTILE) + 1
     assert (report / "scores.png").stat().st_size > 1000
     text = (report / "report.md").read_text()
-    assert "KernelDied" in text and "reference implementation" in text
+    assert "may not use" in text and "reference implementation" in text
     for case in ("patch_checks", "patch_reference", "os_exit", "kill_self"):
         assert f"- {case} / {CHAPTER}" in text, f"{case} should be listed for a human to read"
     pages = list((tmp_path / "course" / "feedback").glob(f"*/{CHAPTER}/*.html"))

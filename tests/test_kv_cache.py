@@ -155,3 +155,55 @@ def test_crop_drops_the_last_tokens():
         m(idx[:, :10], cache=cache)
         cache.crop(7)
         torch.testing.assert_close(m(idx[:, 7:12], cache=cache), m(idx)[:, 7:12], atol=1e-5, rtol=1e-4)
+
+
+class HostReads(torch.overrides.TorchFunctionMode):
+    """Counts the calls that copy a tensor's values to Python (on a GPU, each one waits for the device)."""
+
+    READS = {"item", "tolist", "numpy", "__bool__", "__int__", "__float__", "__index__"}
+
+    def __init__(self):
+        super().__init__()
+        self.calls: list[str] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", "")
+        if name in self.READS:
+            self.calls.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("make", [tiny, llama_tiny])
+def test_a_decode_step_reads_nothing_from_the_device(make):
+    """The cache keeps its lengths beside the device copy, in host memory: a decode step decides where
+    to write and what to mask without reading a tensor (it used to read about 4 values per layer)."""
+    m = model(make)
+    cache = KVCache.for_model(m, 3, 40)
+    with torch.no_grad():
+        for row, length in enumerate((5, 9, 2)):  # ragged rows: the masked path too
+            m(torch.randint(0, V, (1, length)), cache=cache.rows(row))
+        tokens = torch.randint(0, V, (3, 1))
+        with HostReads() as reads:
+            for _ in range(6):
+                tokens = m(tokens, cache=cache)[:, -1:].argmax(-1)  # (3, 1)
+    assert reads.calls == []
+    assert cache.lengths.tolist() == [11, 15, 8] and cache.host_lengths[-1].tolist() == [11, 15, 8]
+    # Equal rows take the one-slice path; greedy generation reads only the prompt's check, once.
+    with HostReads() as reads:
+        generate(m, torch.randint(0, V, (2, 4)), 12, temperature=0, use_cache=True)
+    assert reads.calls == ["tolist"]
+
+
+def test_host_lengths_follow_the_device_lengths():
+    m = model(tiny)
+    cache = KVCache.for_model(m, 2, 30)
+    with torch.no_grad():
+        m(torch.randint(0, V, (2, 7)), cache=cache)
+        m(torch.randint(0, V, (1, 3)), cache=cache.rows(1))
+        assert cache.host_lengths.tolist() == cache.layer_lengths.tolist() == [[7, 10]] * m.config.n_layers
+        cache.crop(8)
+        assert cache.host_lengths.tolist() == cache.layer_lengths.tolist() == [[7, 8]] * m.config.n_layers
+        cache.rows(0).reset()
+        assert cache.host_lengths[-1].tolist() == cache.lengths.tolist() == [0, 8]
+        with pytest.raises(ValueError, match="different numbers of tokens"):
+            cache.length

@@ -162,3 +162,32 @@ def test_qlora_on_int4_base():
     assert layer.lora_A.grad is not None and layer.base.bias.grad is None
     merged = layer.merged()
     torch.testing.assert_close(merged(x), want, atol=1e-5, rtol=1e-4)
+
+
+def test_merged_keeps_the_base_dtype():
+    base = nn.Linear(16, 12).to(torch.bfloat16)
+    layer = LoRALinear(base, r=4, alpha=8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        layer.lora_B.normal_(std=0.5, generator=torch.Generator().manual_seed(1))
+    merged = layer.merged()
+    assert merged.weight.dtype == torch.bfloat16 and merged.bias.dtype == torch.bfloat16
+    # The sum W + scale B A in float32, rounded once to bf16.
+    want = (base.weight.float() + layer.scale * layer.lora_B.float() @ layer.lora_A.float()).bfloat16()
+    assert torch.equal(merged.weight, want)
+    x = torch.randn(3, 16, generator=torch.Generator().manual_seed(2)).bfloat16()
+    torch.testing.assert_close(merged(x), layer(x), atol=0.05, rtol=0.02)  # bf16 arithmetic both ways
+    # A merged bf16 model still runs: the old merged() returned float32 layers, and bf16 inputs failed.
+    model = apply_lora(small_model().to(torch.bfloat16), ("w_q", "w_v"), r=4, alpha=8)
+    merge_lora(model)
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    model(torch.randint(0, 64, (1, 5)))
+
+
+def test_adapters_are_drawn_on_the_generators_device_and_moved_to_the_base():
+    # A CPU generator for a model elsewhere (meta stands in for a GPU): A is drawn on the CPU, then moved.
+    layer = LoRALinear(nn.Linear(16, 12, device="meta"), r=4, alpha=8, generator=torch.Generator().manual_seed(0))
+    assert layer.lora_A.device.type == "meta" and layer.lora_B.device.type == "meta"
+    # The same seed gives the same adapters whatever the base's device.
+    a = LoRALinear(nn.Linear(16, 12), r=4, alpha=8, generator=torch.Generator().manual_seed(0)).lora_A
+    b = LoRALinear(nn.Linear(16, 12), r=4, alpha=8, generator=torch.Generator(device="cpu").manual_seed(0)).lora_A
+    assert torch.equal(a, b)

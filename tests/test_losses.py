@@ -93,3 +93,48 @@ def test_shape_mismatch_is_explained():
         cross_entropy(torch.zeros(2, 3, 5), torch.zeros(3, 2, dtype=torch.long))
     with pytest.raises(ValueError, match="reduction"):
         cross_entropy(torch.zeros(2, 5), torch.zeros(2, dtype=torch.long), reduction="avg")
+
+
+class Float32Tables(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records every float32 tensor of at least `numel` elements that an operation creates."""
+
+    def __init__(self, numel: int):
+        super().__init__()
+        self.numel, self.made = numel, []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else [out]:
+            if isinstance(t, torch.Tensor) and t.dtype == torch.float32 and t.numel() >= self.numel:
+                self.made.append(str(func))
+        return out
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_logits_are_never_copied_whole_to_float32(dtype, monkeypatch):
+    """bf16 logits (B, T, V): value and gradient equal F.cross_entropy on a float32 copy, but the loss
+    upcasts a few rows at a time (chunks of 3 rows here, so the chunking is exercised)."""
+    import llm_course.losses as losses
+
+    monkeypatch.setattr(losses, "CHUNK_ELEMENTS", 3 * 37)
+    g = torch.Generator().manual_seed(3)
+    logits = (torch.randn(4, 5, 37, generator=g) * 4).to(dtype).requires_grad_()
+    targets = torch.randint(0, 37, (4, 5), generator=g)
+    targets[0, :2] = -100
+    with Float32Tables(logits.numel()) as tables:
+        loss = cross_entropy(logits, targets)
+        loss.backward()
+    assert tables.made == [] and loss.dtype == torch.float32 and logits.grad.dtype == dtype
+    ref = logits.detach().float().requires_grad_()
+    want = F.cross_entropy(ref.flatten(0, 1), targets.flatten())
+    want.backward()
+    torch.testing.assert_close(loss, want, atol=1e-5, rtol=1e-5)
+    # The gradient, computed in float32 and rounded once to the logits' dtype.
+    torch.testing.assert_close(logits.grad, ref.grad.to(dtype), atol=1e-6, rtol=1e-2)
+    for reduction in ("sum", "none"):
+        torch.testing.assert_close(cross_entropy(logits, targets, reduction=reduction),
+                                   F.cross_entropy(ref.transpose(1, 2), targets, reduction=reduction))  # fmt: skip
+    # The float32 path, for contrast, does make such tables (the recorder can see them).
+    with Float32Tables(logits.numel()) as tables:
+        cross_entropy(logits.detach().float().requires_grad_(), targets).backward()
+    assert tables.made

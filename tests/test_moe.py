@@ -446,3 +446,36 @@ def test_moe_on_cuda_matches_cpu():
         got = moe.to("cuda")(x.to("cuda"))
     torch.testing.assert_close(got.cpu(), want, atol=1e-4, rtol=1e-4)
     assert moe.n_dropped.item() == n_dropped
+
+
+def _dispatch_by_nonzero(x, indices, n_experts, keep=None):
+    """The former formulation of `dispatch`: one `nonzero` (one wait for the device) per expert."""
+    inputs, routes = [], []
+    for e in range(n_experts):
+        chosen = indices == e
+        if keep is not None:
+            chosen = chosen & keep
+        token, choice = torch.nonzero(chosen, as_tuple=True)
+        inputs.append(x[token])
+        routes.append((token, choice))
+    return inputs, routes
+
+
+@pytest.mark.parametrize("n_experts, k, capacity", [(4, 2, None), (8, 2, 3), (5, 1, 2), (3, 3, None), (6, 2, 0)])
+def test_sorted_dispatch_equals_one_nonzero_per_expert(n_experts, k, capacity):
+    """The single stable sort gives each expert the same rows, in the same order, as the old loop
+    (so the experts' outputs and `combine`'s sums are bit for bit the same); and it reads the device once."""
+    from tests.test_kv_cache import HostReads
+
+    g = torch.Generator().manual_seed(n_experts * 10 + k)
+    x = torch.randn(23, 6, generator=g)
+    _, indices = top_k_routing(torch.randn(23, n_experts, generator=g), k)
+    keep = capacity_keep(indices, n_experts, capacity)
+    with HostReads() as reads:
+        inputs, routes = dispatch(x, indices, n_experts, keep)
+    assert reads.calls == ["tolist"]
+    old_inputs, old_routes = _dispatch_by_nonzero(x, indices, n_experts, keep)
+    assert len(inputs) == len(routes) == n_experts
+    for e in range(n_experts):
+        assert torch.equal(inputs[e], old_inputs[e])
+        assert torch.equal(routes[e][0], old_routes[e][0]) and torch.equal(routes[e][1], old_routes[e][1])

@@ -1,5 +1,6 @@
 """PPO (llm_course.ppo): GAE and the clipped loss by hand and by independent formulations, masks, a tiny run."""
 
+import copy
 import math
 
 import pytest
@@ -218,8 +219,14 @@ def test_ppo_and_dpo_steps_run_on_cuda():
     tokens = torch.randint(1, 12, (4, 6), device=device)
     mask = torch.zeros(4, 6, dtype=torch.bool, device=device)
     mask[:, 3:] = True
+    # ppo_train has moved the adapters, so the policy is no longer its reference: the loss is not
+    # ln 2. The same step on a CPU copy of the policy is the oracle.
+    policy_cpu = copy.deepcopy(policy).cpu()
+    opt_cpu = torch.optim.AdamW([p for p in policy_cpu.parameters() if p.requires_grad], lr=1e-3)
+    expected, chosen_cpu, _ = dpo.dpo_step(policy_cpu, opt_cpu, tokens.cpu(), mask.cpu(), beta=0.1)
     loss, chosen, rejected = dpo.dpo_step(policy, opt, tokens, mask, beta=0.1)
-    assert chosen.device.type == "cuda" and loss == pytest.approx(math.log(2), abs=1e-5)
+    assert chosen.device.type == "cuda" and loss == pytest.approx(expected, abs=1e-4)
+    torch.testing.assert_close(chosen.cpu(), chosen_cpu, atol=1e-4, rtol=1e-3)
 
 
 def test_kl_penalized_rewards_pay_the_score_at_the_last_masked_token():

@@ -113,3 +113,31 @@ def test_rotary_module():
     torch.testing.assert_close(rope(x, torch.arange(4)), rope(x))
     with pytest.raises(ValueError, match="exceeds the RoPE cache length 16"):
         rope(torch.randn(1, 2, 17, 8))
+
+
+def test_tables_stay_float32_when_the_model_is_cast():
+    from llm_course.transformer import Transformer, llama_tiny
+
+    model = Transformer(llama_tiny(64), generator=torch.Generator().manual_seed(0))
+    cos, sin = model.rope.cos.clone(), model.rope.sin.clone()
+    model.to(torch.bfloat16)
+    assert model.blocks[0].attn.w_q.weight.dtype == torch.bfloat16  # the weights are cast ...
+    assert model.rope.cos.dtype == model.rope.sin.dtype == torch.float32  # ... the angle tables are not
+    assert torch.equal(model.rope.cos, cos) and torch.equal(model.rope.sin, sin)
+    assert model.blocks[-1].attn.rope is model.rope  # still one table shared by every layer
+    model.float().to("meta")  # moving keeps the tables on the new device, in float32
+    assert model.rope.cos.device.type == "meta" and model.rope.cos.dtype == torch.float32
+
+
+def test_bf16_rotation_is_rounded_once():
+    # Large positions: cos and sin of large angles in bf16 keep about 3 significant digits.
+    cos, sin = rope_cache(64, 4096)
+    x = torch.randn(1, 2, 8, 64, generator=torch.Generator().manual_seed(0)).bfloat16()
+    positions = torch.arange(4000, 4008)
+    exact = apply_rope(x.double(), cos.double(), sin.double(), positions)
+    got = apply_rope(x, cos, sin, positions)
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.double(), exact.bfloat16().double(), atol=0, rtol=0)  # the rounding of the exact
+    # What bf16 tables with bf16 products give: measurably worse.
+    naive = x * cos[positions].bfloat16() + rotate_half(x) * sin[positions].bfloat16()
+    assert (naive.double() - exact).abs().max() > 2 * (got.double() - exact).abs().max()

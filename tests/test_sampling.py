@@ -258,3 +258,11 @@ def test_valid_edge_settings():
     check_sampling_settings(0, 1, 1.0)
     check_sampling_settings(1e-6, 10**9, 1e-9)
     assert math.isfinite(top_p_filter(torch.randn(5), 1e-9).max())  # the top token always stays
+
+
+def test_a_generator_on_another_device_than_the_logits_is_refused_clearly():
+    # The logits of a model on a GPU with set_seed's old CPU generator: meta stands in for the GPU.
+    logits = torch.zeros(2, 5, device="meta")
+    with pytest.raises(RuntimeError, match=r"generator is on 'cpu' and the logits to sample from on 'meta'"):
+        sample_next(logits, temperature=1.0, generator=torch.Generator())
+    assert sample_next(logits, temperature=0, generator=torch.Generator()).device.type == "meta"  # greedy draws nothing

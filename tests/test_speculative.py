@@ -143,3 +143,33 @@ def test_too_long_raises():
     target, draft = _tiny_model(0, 2, 16), _tiny_model(1, 1, 8)
     with pytest.raises(ValueError, match="context_length"):
         speculative_generate(target, draft, torch.tensor([[1, 3]]), 6, gamma=2)
+
+
+def test_probabilities_cast_to_float32_before_the_temperature_like_the_sampler():
+    from llm_course.sampling import apply_temperature, top_k_filter, top_p_filter
+
+    logits = (torch.randn(3, 50, generator=torch.Generator().manual_seed(0)) * 4).bfloat16()
+    got = probabilities(logits, temperature=0.7, top_k=20, top_p=0.9)
+    # The sampler's order: float32 first, then temperature -> top-k -> top-p -> softmax.
+    want = torch.softmax(top_p_filter(top_k_filter(apply_temperature(logits.float(), 0.7), 20), 0.9), dim=-1)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, want, atol=0, rtol=0)
+    # Dividing the bf16 logits first rounds them a second time: the distributions differ.
+    late = torch.softmax(apply_temperature(logits, 0.7).float(), dim=-1)
+    assert not torch.equal(probabilities(logits, temperature=0.7), late)
+    assert probabilities(logits, temperature=0).dtype == torch.float32
+
+
+def test_a_generator_on_another_device_is_refused_clearly():
+    p, q = torch.full((3, 4), 0.25, device="meta"), torch.full((2, 4), 0.25, device="meta")
+    with pytest.raises(RuntimeError, match=r"generator is on 'cpu' and the target's probabilities on 'meta'"):
+        speculative_step(p, q, torch.zeros(2, dtype=torch.long, device="meta"), torch.Generator())
+    target, draft = _tiny_model(0, 2, 16), _tiny_model(1, 1, 8)
+    with pytest.raises(RuntimeError, match=r"the prompt idx on 'meta'"):
+        speculative_generate(target, draft, torch.tensor([[1, 3]], device="meta"), 2, generator=torch.Generator())
+
+
+def test_out_of_range_prompt_ids_are_named():
+    target, draft = _tiny_model(0, 2, 16), _tiny_model(1, 1, 8)
+    with pytest.raises(ValueError, match=r"token ids must be in \[0, 4\)"):
+        speculative_generate(target, draft, torch.tensor([[1, 9]]), 2)

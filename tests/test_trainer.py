@@ -15,7 +15,7 @@ from llm_course.trainer import (
     Trainer,
     TrainConfig,
     eval_batches,
-    flops_per_token,
+    palm_flops_per_token,
     is_spike,
     peak_flops,
     sample_text,
@@ -323,14 +323,14 @@ def test_flops_per_token_matches_pytorch_flop_counter():
         torch.nn.functional.cross_entropy(model(idx).flatten(0, 1), idx.flatten()).backward()
     measured = counter.get_total_flops()
     norms = sum(p.numel() for n, p in model.named_parameters() if "norm" in n)
-    expected = flops_per_token(config) * 2 * 32 - 6 * norms * 2 * 32  # the counter sees matmuls only
+    expected = palm_flops_per_token(config) * 2 * 32 - 6 * norms * 2 * 32  # the counter sees matmuls only
     assert measured == expected
 
 
 def test_flops_per_token_gpt2_small():
     c = gpt2_small()
     n = 124_439_808 - 1024 * 768  # GPT-2 small without its position table
-    assert flops_per_token(c) == 6 * n + 12 * 12 * 1024 * 768
+    assert palm_flops_per_token(c) == 6 * n + 12 * 12 * 1024 * 768
     assert peak_flops("cpu") is None
 
 
@@ -405,4 +405,52 @@ def test_flops_per_token_counts_only_the_routed_experts():
     idle = count_parameters(moe) - count_active_parameters(moe)
     assert idle == dense.n_layers * 6 * (2 * dense.d_model * dense.d_ff + (dense.d_ff + dense.d_model) * dense.bias)
     # The routed experts and the router count; the six idle experts of each layer do not.
-    assert flops_per_token(moe) == flops_per_token(dense) + 6 * (count_active_parameters(moe) - count_parameters(dense))
+    assert palm_flops_per_token(moe) == palm_flops_per_token(dense) + 6 * (count_active_parameters(moe) - count_parameters(dense))
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_training_loss_compiles_to_one_graph(precision):
+    """Trainer.compute_loss (forward under autocast + the course's cross-entropy): no graph break."""
+    import torch._dynamo as dynamo
+
+    trainer = make_trainer(precision=precision)
+    x, y = trainer.get_batch()
+    dynamo.reset()
+    try:
+        out = dynamo.explain(trainer.compute_loss)(x, y)
+    finally:
+        dynamo.reset()
+    assert (out.graph_count, out.graph_break_count) == (1, 0), [str(r.reason)[:200] for r in out.break_reasons]
+
+
+@pytest.mark.parametrize(
+    "name, tflops",
+    [
+        ("NVIDIA H100 80GB HBM3", 989), ("NVIDIA H100 PCIe", 756), ("NVIDIA H100 NVL", 835),
+        ("NVIDIA H200", 989), ("NVIDIA H200 NVL", 835), ("NVIDIA GH200 480GB", 989),
+        ("NVIDIA A100-SXM4-80GB", 312), ("NVIDIA A100 80GB PCIe", 312),
+        ("NVIDIA L4", 121), ("NVIDIA L40", 181), ("NVIDIA L40S", 362), ("NVIDIA A10", 125),
+        ("NVIDIA A10G", None), ("NVIDIA GeForce RTX 4090", None), ("Tesla T4", None),
+    ],
+)  # fmt: skip
+def test_peak_flops_matches_whole_card_names(name, tflops):
+    from llm_course.trainer import peak_flops_for_name
+
+    got = peak_flops_for_name(name)
+    assert got == (None if tflops is None else tflops * 1e12)
+
+
+def test_precision_choices_and_tf32():
+    with pytest.raises(ValueError, match='"tf32"'):
+        TrainConfig(precision="fp16")
+    before = torch.get_float32_matmul_precision()
+    trainer = make_trainer(precision="tf32")
+    assert not trainer.use_bf16  # tf32 keeps float32 tensors; on a CPU it is plain fp32
+    assert torch.get_float32_matmul_precision() == before  # the CPU's matmul precision is left alone
+    if torch.cuda.is_available():
+        model = Transformer(model_config(), generator=torch.Generator().manual_seed(0)).cuda()
+        Trainer(model, TrainConfig(batch_size=2, seq_len=16, precision="tf32"), tokens(3000), log=None)
+        assert torch.get_float32_matmul_precision() == "high"
+        Trainer(model, TrainConfig(batch_size=2, seq_len=16, precision="fp32"), tokens(3000), log=None)
+        assert torch.get_float32_matmul_precision() == "highest"
+        torch.set_float32_matmul_precision(before)

@@ -54,3 +54,21 @@ def test_cache_dir_follows_the_environment(monkeypatch, tmp_path):
     assert cache_dir("scaling", "x.json") == tmp_path / "scaling" / "x.json"
     monkeypatch.delenv("LLM_COURSE_CACHE")
     assert cache_dir() == Path.home() / ".cache" / "llm_course"
+
+
+def test_set_seed_returns_a_generator_on_the_device_asked_for():
+    assert set_seed(3).device.type == "cpu"
+    g = set_seed(3, device="cpu")
+    assert torch.equal(torch.rand(4, generator=g), torch.rand(4, generator=torch.Generator().manual_seed(3)))
+    if torch.cuda.is_available():
+        assert set_seed(3, device="cuda").device.type == "cuda"
+
+
+def test_check_generator_names_both_devices():
+    from llm_course.utils import check_generator
+
+    check_generator(None, torch.zeros(2, device="meta"))  # torch's global generators always fit
+    check_generator(torch.Generator(), torch.zeros(2))
+    # A tensor on another device (meta stands in for a GPU here): the message says what to do.
+    with pytest.raises(RuntimeError, match=r"generator is on 'cpu' and the logits on 'meta'.*device='meta'"):
+        check_generator(torch.Generator(), torch.zeros(2, device="meta"), "the logits")

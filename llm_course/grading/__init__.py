@@ -11,9 +11,10 @@ random inputs and edge cases (the hidden test cell, ``hidden=True``). Its failur
 message says *what* is wrong and, where a common mistake explains it, *why*.
 
 This module holds what every check needs: calling student code safely
-(:func:`call`), failing with a message (:class:`CheckFailed`), detecting a
-submission that just calls the reference (:func:`forbid_reference`), and the
-message that a check passed (:func:`passed`).
+(:func:`call`, which runs it under :mod:`llm_course.grading.watch`), failing with
+a message (:class:`CheckFailed`), naming the references a submission may not
+use (:func:`forbid_reference`; the library routines each exercise forbids are in
+:mod:`llm_course.grading.rules`), and the message that a check passed (:func:`passed`).
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ import types
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
+
+from llm_course.grading import rules, watch
 
 __all__ = [
     "CheckFailed",
@@ -110,6 +113,13 @@ def call(fn: Callable, *args: Any, copy_args: bool = True, **kwargs: Any) -> Any
     (checks that care pass ``copy_args=False`` and compare the input before and after).
     Warnings and writes to stderr during the call are silenced: nbgrader fails a cell with
     any stderr output, even when every check in it passes.
+
+    The call runs under :class:`~llm_course.grading.watch.Watch`: it fails when the
+    exercise's reference (see :func:`forbid_reference`), a library routine the exercise
+    forbids (:mod:`llm_course.grading.rules`) or a capability no graded function may
+    use runs, by whatever route, and when the function changed state the checks rely
+    on. The result must be plain data (:func:`_check_plain`), so that no student code
+    runs when the check compares it.
     """
     if not callable(fn):
         fail(f"expected a function, got {type(fn).__name__}: did you overwrite the name with a value?")
@@ -119,10 +129,20 @@ def call(fn: Callable, *args: Any, copy_args: bool = True, **kwargs: Any) -> Any
     # nbgrader gives 0 points to a test cell with any output on stderr, so a warning raised in
     # the student's function (say, torch's "std(): degrees of freedom is <= 0") would zero a
     # cell whose checks all pass: warnings and stderr writes during the call are kept here.
+    guard = watch.Watch(fn, _forbidden_here())
     try:
-        with time_limit(CALL_TIME_LIMIT), warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
-            warnings.simplefilter("ignore")
-            return fn(*args_copy, **kwargs_copy)
+        try:
+            with time_limit(CALL_TIME_LIMIT), warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
+                warnings.simplefilter("ignore")
+                result = guard.run(*args_copy, **kwargs_copy)
+        finally:
+            refused = guard.message()  # whatever the function did after a refused call, it fails
+        if refused:
+            raise CheckFailed(refused)
+        _check_plain(fn, result)
+        return result
+    except watch.ForbiddenCall as err:
+        message = guard.message() or f"{_name(fn)}: {err}"
     except TimeLimitExceeded:
         message = (
             f"{_name(fn)}({shown}) did not finish within {CALL_TIME_LIMIT:g} s: "
@@ -180,13 +200,18 @@ def _qualified(obj: Any) -> tuple[str, str]:
 
 
 def forbid_reference(fn: Callable, *references: Callable) -> None:
-    """Fail if the student's `fn` is, or calls by name, one of the reference implementations.
+    """Fail if the student's `fn` is, or calls, one of the reference implementations.
 
-    The exercise is to write the function, not to call the course's own. This is a
-    static look at the names the function uses (not a sandbox): it catches
-    ``return llm_course.bpe.merge(...)``, ``from llm_course.bpe import merge``
-    inside or outside the function, and aliases of either.
+    The exercise is to write the function, not to call the course's own. Two
+    layers: here, a static look at the names the function uses (it catches
+    ``return llm_course.bpe.merge(...)``, ``from llm_course.bpe import merge`` inside
+    or outside the function, and aliases of either, before anything runs); and the
+    references are registered for the calling check, so that every later
+    :func:`call` in that check fails if their code runs by any route -- a helper, a
+    dotted path, ``getattr``/``importlib``, ``exec`` of their source, another
+    ``llm_course`` function that uses them (:mod:`llm_course.grading.watch`).
     """
+    _register_references(references)
     forbidden = {id(r): r for r in references}
     # Grading loads a private copy of llm_course before the student's code runs (see
     # instructor/preprocessors.py), so the student's import of a reference is another object
@@ -202,6 +227,105 @@ def forbid_reference(fn: Callable, *references: Callable) -> None:
             if module.startswith("llm_course"):
                 fail(f"{_name(fn)} uses the course's reference implementation {where}; write it yourself (this earns no points).")
             fail(f"{_name(fn)} calls {where}, which does the whole exercise; write it yourself (this earns no points).")
+
+
+# --------------------------------------------------------------------------- runtime rules
+#: check frame id -> (check code, references registered by forbid_reference in that check)
+_REGISTERED: dict[int, tuple[types.CodeType, tuple]] = {}
+_FORBIDDEN_CACHE: dict[tuple, watch.Forbidden] = {}
+
+
+def _check_frame() -> types.FrameType | None:
+    """The frame of the ``check_*`` function of a chapter module that is running (None outside checks)."""
+    frame = sys._getframe(2)
+    for _ in range(12):
+        if frame is None:
+            return None
+        code = frame.f_code
+        if code.co_name.startswith("check_") and str(frame.f_globals.get("__name__", "")).startswith("llm_course.grading."):
+            return frame
+        frame = frame.f_back
+    return None
+
+
+def _register_references(references: tuple) -> None:
+    frame = _check_frame()
+    if frame is None:
+        return
+    if len(_REGISTERED) > 64:
+        _REGISTERED.clear()
+    code, known = _REGISTERED.get(id(frame), (None, ()))
+    if code is not frame.f_code:
+        known = ()
+    _REGISTERED[id(frame)] = (frame.f_code, known + tuple(references))
+
+
+def _forbidden_here() -> watch.Forbidden:
+    """What the running check forbids: its references, its rules, and the capabilities."""
+    frame = _check_frame()
+    references: tuple = ()
+    key = ""
+    if frame is not None:
+        code, registered = _REGISTERED.get(id(frame), (None, ()))
+        references = registered if code is frame.f_code else ()
+        key = f"{str(frame.f_globals['__name__']).rsplit('.', 1)[-1]}.{frame.f_code.co_name}"
+    cache_key = (key, tuple(id(r) for r in references))
+    forbidden = _FORBIDDEN_CACHE.get(cache_key)
+    if forbidden is None:
+        own = watch.Forbidden()
+        for reference in references:
+            own.add(reference, "reference")
+        rules.add_rules(own, key)
+        forbidden = _FORBIDDEN_CACHE[cache_key] = watch.capabilities().merged(own)
+        forbidden.references = references  # held, so the ids in the cache key stay theirs
+    return forbidden
+
+
+#: Types a graded function may return (inside lists, tuples and dicts): values whose
+#: comparison runs no student code.
+_PLAIN = {int, float, bool, complex, str, bytes, type(None), list, tuple, dict, set, frozenset, range, slice}
+
+
+def _plain_types() -> set:
+    plain = set(_PLAIN)
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        plain |= {torch.Tensor, torch.nn.Parameter, torch.dtype, torch.Size, torch.device}
+    np = sys.modules.get("numpy")
+    if np is not None:
+        plain |= {np.ndarray, np.float64, np.float32, np.float16, np.int64, np.int32, np.int16, np.int8,
+                  np.uint8, np.bool_, np.complex128}
+    return plain
+
+
+def _check_plain(fn: Callable, value: Any) -> None:
+    """Fail unless `value` is plain data: exact built-in, tensor or array types, nested in containers.
+
+    A returned object with its own ``__eq__``, a tensor subclass with
+    ``__torch_function__``, a generator or a ``map`` of the student's lambdas would
+    run student code -- outside :func:`call`'s watch -- when the check compares it.
+    """
+    plain = _plain_types()
+    stack, seen = [value], 0
+    while stack:
+        item = stack.pop()
+        kind = type(item)
+        if kind not in plain and not (kind.__module__ == "torch.return_types" and isinstance(item, tuple)):
+            fail(
+                f"{_name(fn)} returned a {kind.__module__}.{kind.__qualname__}"
+                f"{'' if item is value else ' inside its result'}: return plain values "
+                "(numbers, strings, lists, tuples, dicts, torch.Tensor), not objects of other types."
+            )
+        if kind in (list, tuple, set, frozenset) or isinstance(item, tuple):
+            if len(item) and {type(x) for x in item} <= {int, float, bool, str}:
+                continue  # the common case, checked in one pass
+            stack.extend(item)
+        elif kind is dict:
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        seen += 1
+        if seen > 1_000_000:
+            fail(f"{_name(fn)} returned a result with more than a million nested values.")
 
 
 def seeded(seed: int):
@@ -220,8 +344,10 @@ def expect_tensor(fn: Callable, got: Any, what: str):
     """Fail unless the student's function returned a `torch.Tensor`; return it."""
     import torch  # here, not at import time: the tokenizer checks need no torch
 
-    if not isinstance(got, torch.Tensor):
-        fail(f"{_name(fn)} should return a torch.Tensor ({what}), got {type(got).__name__}: {short(got)}")
+    # Exactly a tensor: a subclass (with its own __torch_function__ or __eq__) could make
+    # every comparison the check makes come out right.
+    if type(got) not in (torch.Tensor, torch.nn.Parameter):
+        fail(f"{_name(fn)} should return a torch.Tensor ({what}), got {type(got).__module__}.{type(got).__qualname__}: {short(got)}")
     return got
 
 

@@ -26,6 +26,7 @@ from torch.nn import functional as F
 
 from llm_course import dpo, ppo, reward_model
 from llm_course.grading import call, expect_tensor, fail, first_difference, forbid_reference, passed, seeded, short
+from llm_course.grading.edges import edge
 
 TOL = dict(atol=1e-5, rtol=1e-4)
 
@@ -127,7 +128,12 @@ def _compare_pairwise(fn, rc, rr, label: str = "", grad: bool = False) -> None:
 
 
 def check_pairwise_loss(fn, hidden: bool = False) -> None:
-    """pairwise_loss(r_chosen (B,), r_rejected (B,)) -> mean -log sigmoid(r_chosen - r_rejected)."""
+    """pairwise_loss(r_chosen (B,), r_rejected (B,)) -> mean -log sigmoid(r_chosen - r_rejected).
+
+    Edges the exercise defines, all in the hidden test: one pair; equal rewards (log 2); margins of
+    +-1000 (log-sigmoid, never log of sigmoid); a constant added to every reward changes nothing; the mean
+    over pairs, not the sum; float64; gradients.
+    """
     forbid_reference(fn, reward_model.pairwise_loss, dpo.dpo_loss)
     if not hidden:
         # The worked example: margins 0 and ln 3 give -log 1/2 and -log 3/4: mean log(8/3) / 2 = 0.4904.
@@ -271,7 +277,13 @@ def _gae_case(g, B: int, T: int, dtype=torch.float32, pad_rewards: bool = False)
 
 
 def check_gae(fn, hidden: bool = False) -> None:
-    """gae(rewards, values, mask (B, T), gamma, lam) -> (advantages, returns), both (B, T), 0 at padding."""
+    """gae(rewards, values, mask (B, T), gamma, lam) -> (advantages, returns), both (B, T), 0 at padding.
+
+    Edges the exercise defines, all in the hidden test: T = 1; single-token responses padded; a response
+    that fills the whole row (nothing after its last token: no wrap-around to position 0); values and
+    rewards at padding ignored; lam = 0 and lam = 1, gamma < 1; the mask as bools and 0/1 integers;
+    float64 values keep their dtype; 0 at padding.
+    """
     forbid_reference(fn, ppo.gae)
     if not hidden:
         # The worked example: rewards [0, 0, 1], values [0.5, 0.6, 0.8], gamma = 1, lam = 0.5:
@@ -308,6 +320,14 @@ def check_gae(fn, hidden: bool = False) -> None:
                  label="float64 rewards and values")  # fmt: skip
     r, v, _ = _gae_case(g, 2, 6)
     _compare_gae(fn, r, v, torch.ones(2, 6, dtype=torch.bool), 1.0, 0.95, label="a mask that is all True")
+    with edge("T = 1"):
+        r, v = torch.randn(3, 1, generator=g), torch.randn(3, 1, generator=g)
+        _compare_gae(fn, r, v, torch.ones(3, 1, dtype=torch.bool), 0.9, 0.95, label="responses of one token, T = 1")
+    with edge("one full-length response beside a padded one"):
+        r, v, mask = _gae_case(g, 2, 6)
+        mask[0] = True
+        _compare_gae(fn, r, v, mask, 0.97, 0.8, label="row 0 fills all 6 positions, row 1 is padded")
+    cases += [None, None]
     passed(fn, f"all {len(cases) + 5} random and edge cases (single tokens, 0/1 masks, float64, rewards at padding) "
                "match the reference")  # fmt: skip
 
@@ -378,7 +398,13 @@ def _ppo_case(g, B: int, T: int, spread: float = 0.3, dtype=torch.float32):
 
 
 def check_ppo_clip_loss(fn, hidden: bool = False) -> None:
-    """ppo_clip_loss(logprobs, old_logprobs, advantages, mask (B, T), clip) -> -mean min(rho A, clip(rho) A)."""
+    """ppo_clip_loss(logprobs, old_logprobs, advantages, mask (B, T), clip) -> -mean min(rho A, clip(rho) A).
+
+    Edges the exercise defines, all in the hidden test: the mean over the response tokens of the
+    whole batch (padding excluded, uneven lengths); single-token responses; a mask that is all True;
+    the mask as bools and 0/1 integers; a bad token made more likely (the unclipped term and its
+    gradient stay); large advantages; float64; gradients with respect to logprobs.
+    """
     forbid_reference(fn, ppo.ppo_clip_loss)
     if not hidden:
         # The worked example: ratios 1.1, 1.5, 0.5, 1.5 with advantages 2, 1, -1, -0.5 (a fifth, padding):
@@ -466,7 +492,12 @@ def _dpo_case(g, B: int, spread: float = 3.0, dtype=torch.float32):
 
 
 def check_dpo_loss(fn, hidden: bool = False) -> None:
-    """dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected (B,), beta) -> mean DPO loss."""
+    """dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected (B,), beta) -> mean DPO loss.
+
+    Edges the exercise defines, all in the hidden test: one pair; margin 0 (log 2) when the policy
+    equals the reference or both move alike; margins of hundreds (log-sigmoid); beta inside the
+    log-sigmoid, small and large; float64; gradients reaching the policy's log-probabilities.
+    """
     forbid_reference(fn, dpo.dpo_loss, reward_model.pairwise_loss)
     if not hidden:
         # The worked example, beta = 0.1: implicit rewards 0.2, 0 (chosen) and -0.2, 0.1 (rejected), margins

@@ -25,7 +25,18 @@ import torch
 from torch.nn import functional as F
 
 from llm_course import attention
-from llm_course.grading import CheckFailed, call, expect_tensor, fail, forbid_reference, passed, seeded, short
+from llm_course.grading import (
+    CheckFailed,
+    call,
+    expect_tensor,
+    fail,
+    first_difference,
+    forbid_reference,
+    passed,
+    seeded,
+    short,
+)
+from llm_course.grading.edges import edge, expect_dtype
 
 # float32 throughout: a few matmuls and a softmax differ from the reference by rounding only.
 TOL = dict(atol=1e-5, rtol=1e-4)
@@ -81,11 +92,20 @@ def _compare_causal_mask(fn, T: int) -> None:
 
 
 def check_causal_mask(fn, hidden: bool = False) -> None:
-    """causal_mask(T): a (T, T) boolean tensor, True on and below the diagonal."""
+    """causal_mask(T): a (T, T) boolean tensor, True on and below the diagonal.
+
+    Edges the exercise defines, all in the hidden test: the diagonal itself (j == i may attend);
+    T = 1 (a single True) and T = 2; the dtype is torch.bool, never 0/1 ints or floats.
+    """
     forbid_reference(fn, attention.causal_mask)
     cases = [4, 3, 2, 1] if not hidden else [5, 8, 17, 64, 257]
     for T in cases:
         _compare_causal_mask(fn, T)
+    if hidden:
+        for T in (1, 2):
+            with edge(f"T = {T}"):
+                _compare_causal_mask(fn, T)
+        cases += [1, 2]
     if not hidden:
         passed(fn, "the masks for T = 1, 2, 3, 4 are right (True on and below the diagonal)")
     else:
@@ -231,7 +251,13 @@ def _random_case(g: torch.Generator, B, H, Tq, Tk, D, Dv, mask_kind: str):
 
 
 def check_scaled_dot_product_attention(fn, hidden: bool = False) -> None:
-    """scaled_dot_product_attention(q, k, v, mask=None) = softmax(q k^T / sqrt(d_k), masked) v."""
+    """scaled_dot_product_attention(q, k, v, mask=None) = softmax(q k^T / sqrt(d_k), masked) v.
+
+    Edges the exercise defines, all in the hidden test: d_k is q.shape[-1] (D = 1, Tq != Tk, one query);
+    masks of every shape that broadcasts, down to one of shape (Tk,); a mask that leaves one key per
+    query (weights exactly one-hot); scores large enough to overflow a naive exp; bfloat16 and float64
+    inputs: the result has the inputs' dtype, and float64 keeps float64 precision.
+    """
     forbid_reference(fn, attention.scaled_dot_product_attention, attention.attention_weights)
     try:
         forbid_reference(fn, F.scaled_dot_product_attention)
@@ -278,7 +304,36 @@ def check_scaled_dot_product_attention(fn, hidden: bool = False) -> None:
     q, k, v, mask = _random_case(g, 2, 2, 6, 6, 16, 4, "none")
     q[..., 0], k[..., 0] = 10.0, 80.0  # adds 10 * 80 / sqrt(16) = 200 to every score: the softmax is unchanged
     _compare_attention(fn, q, k, v, mask, label="scores around 200", large=True)
-    passed(fn, f"all {n + 3} random and edge cases (masks of 5 shapes, Tq != Tk, huge scores) match the reference")
+    with edge("a mask of shape (Tk,)"):
+        q, k, v, _ = _random_case(g, 2, 2, 3, 5, 4, 4, "none")
+        _compare_attention(fn, q, k, v, torch.tensor([True, False, True, True, False]), label="a mask of shape (Tk,)")
+    with edge("one allowed key per query"):
+        q, k, v, _ = _random_case(g, 1, 2, 4, 4, 8, 3, "none")
+        _compare_attention(fn, q, k, v, torch.eye(4, dtype=torch.bool), label="a diagonal mask (output = v)")
+    with edge("one query, one dimension"):
+        _compare_attention(fn, *_random_case(g, 2, 1, 1, 7, 1, 3, "keys"), label="Tq = 1, D = 1")
+    for dtype in (torch.bfloat16, torch.float64):
+        with edge(f"{dtype} inputs"):
+            _compare_attention_dtype(fn, g, dtype)
+    passed(fn, f"all {n + 8} random and edge cases (masks of 6 shapes, Tq != Tk, huge scores, bf16, float64) match the reference")
+
+
+def _compare_attention_dtype(fn, g: torch.Generator, dtype: torch.dtype) -> None:
+    """Attention in `dtype`: the result keeps it; values match a float64 oracle to that dtype's precision."""
+    q, k, v, mask = _random_case(g, 2, 2, 6, 6, 16, 8, "causal")
+    q, k, v = (t.to(dtype) for t in (q, k, v))
+    want = attention.scaled_dot_product_attention(q.double(), k.double(), v.double(), mask=mask)  # float64 oracle
+    got = expect_tensor(fn, call(fn, q, k, v, mask), "the attention output")
+    what = f"scaled_dot_product_attention of {dtype} q, k, v"
+    if tuple(got.shape) != tuple(want.shape):
+        fail(f"{what}: the output shape should be {tuple(want.shape)}, got {tuple(got.shape)}.")
+    expect_dtype(got, dtype, f"the output of {what}")
+    tol = dict(atol=3e-2, rtol=3e-2) if dtype == torch.bfloat16 else dict(atol=1e-10, rtol=1e-10)
+    got = got.detach().double()
+    if not torch.allclose(got, want, **tol):
+        why = "" if dtype == torch.bfloat16 else " (is part of it computed in float32? float64 inputs deserve float64 arithmetic)"
+        err = (got - want).abs().max().item()
+        fail(f"{what} is wrong beyond {dtype}'s rounding (error {err:.2g}): {first_difference(got, want)}{why}.")
 
 
 # --------------------------------------------------------------------------- multi-head attention
@@ -400,7 +455,12 @@ def _compare_mha(fn, x, w_q, w_k, w_v, w_o, H: int) -> None:
 
 
 def check_multi_head_attention(fn, hidden: bool = False) -> None:
-    """multi_head_attention(x, w_q, w_k, w_v, w_o, n_heads): causal MHA/GQA equal to the library's."""
+    """multi_head_attention(x, w_q, w_k, w_v, w_o, n_heads): causal MHA/GQA equal to the library's.
+
+    Edges the exercise defines, all in the hidden test: one token (T = 1); d_head = 1; grouped-query
+    attention with several and with one key/value head (consecutive query heads share a kv head);
+    bfloat16 and float64 inputs: the result has the inputs' dtype, and float64 keeps its precision.
+    """
     forbid_reference(
         fn, attention.multi_head_attention, attention.MultiHeadAttention, attention.MultiHeadAttention.forward
     )
@@ -413,7 +473,29 @@ def check_multi_head_attention(fn, hidden: bool = False) -> None:
     for B, T, C, H, H_kv in cases:
         x = torch.randn(B, T, C, generator=g)
         _compare_mha(fn, x, *_mha_weights(g, C, H, H_kv), H)
+    if hidden:
+        for dtype in (torch.bfloat16, torch.float64):
+            with edge(f"{dtype} inputs, grouped-query attention"):
+                _compare_mha_dtype(fn, g, dtype)
     if not hidden:
         passed(fn, "4 small cases match the reference (2 and 3 heads, a single head, grouped-query attention)")
     else:
         passed(fn, f"all {len(cases)} random and edge cases (one token, d_head = 1, GQA, MQA) match the reference")
+
+
+def _compare_mha_dtype(fn, g: torch.Generator, dtype: torch.dtype) -> None:
+    """MHA in `dtype`: the result keeps it; values match a float64 oracle to that dtype's precision."""
+    x = torch.randn(2, 7, 32, generator=g).to(dtype)
+    weights = [w.to(dtype) for w in _mha_weights(g, 32, 8, 2)]
+    want = attention.multi_head_attention(x.double(), *[w.double() for w in weights], 8)  # float64 oracle
+    got = expect_tensor(fn, call(fn, x, *weights, 8), "the attention output")
+    what = f"multi_head_attention of {dtype} x and weights"
+    if tuple(got.shape) != tuple(want.shape):
+        fail(f"{what}: the output shape should be {tuple(want.shape)}, got {tuple(got.shape)}.")
+    expect_dtype(got, dtype, f"the output of {what}")
+    tol = dict(atol=5e-2, rtol=5e-2) if dtype == torch.bfloat16 else dict(atol=1e-10, rtol=1e-10)
+    got = got.detach().double()
+    if not torch.allclose(got, want, **tol):
+        err = (got - want).abs().max().item()
+        why = "" if dtype == torch.bfloat16 else " (is part of it computed in float32? float64 inputs deserve float64 arithmetic)"
+        fail(f"{what} is wrong beyond {dtype}'s rounding (error {err:.2g}): {first_difference(got, want)}{why}.")

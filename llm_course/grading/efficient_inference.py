@@ -26,6 +26,7 @@ from torch.nn import functional as F
 from llm_course import kv_cache, quantization, speculative
 from llm_course.attention import scaled_dot_product_attention
 from llm_course.grading import CheckFailed, call, expect_tensor, fail, forbid_reference, passed, seeded, short
+from llm_course.grading.edges import edge, expect_dtype
 
 TOL = dict(atol=1e-5, rtol=1e-4)
 
@@ -146,7 +147,13 @@ def _check_full(fn, g) -> None:
 
 
 def check_cached_attention(fn, hidden: bool = False) -> None:
-    """cached_attention(q, k_new, v_new, k_cache, v_cache, length): write in place, attend causally."""
+    """cached_attention(q, k_new, v_new, k_cache, v_cache, length): write in place, attend causally.
+
+    Edges the exercise defines, all in the hidden test: length = 0 (the prefill) with one token and
+    with several; a prefill that fills the cache exactly (length + T == T_max is allowed); the last free
+    slot; one token too many (length + T == T_max + 1) and a decode step into a full cache (length ==
+    T_max) raise ValueError; garbage in the slots after length + T; MHA, GQA and MQA.
+    """
     forbid_reference(fn, kv_cache.cached_attention, kv_cache.LayerKVCache.update)
     g = seeded(90 if not hidden else 91)
     if not hidden:
@@ -176,6 +183,20 @@ def check_cached_attention(fn, hidden: bool = False) -> None:
     _compare_cached(fn, _kv_case(g, 1, 2, 2, 5, 4, 0, 5), label="a prefill that fills the cache exactly")
     _compare_cached(fn, _kv_case(g, 1, 2, 1, 9, 8, 8, 1), label="the last free slot")
     _check_full(fn, g)
+    with edge("one token into an empty cache"):
+        _compare_cached(fn, _kv_case(g, 2, 4, 2, 7, 4, 0, 1), label="one token, length 0")
+    with edge("a decode step into a full cache"):
+        q, k_new, v_new, k_cache, v_cache, _ = _kv_case(g, 1, 2, 2, 5, 4, 0, 1)
+        try:
+            call(fn, q, k_new, v_new, k_cache, v_cache, 5)
+        except CheckFailed as err:
+            if not isinstance(err.__cause__, ValueError):
+                fail(f"cached_attention with all 5 slots used and 1 new token should raise a ValueError that says the "
+                     f"cache is full, got: {err}")  # fmt: skip
+        else:
+            fail("cached_attention with all 5 slots used and 1 new token did not raise an error: length + T > T_max "
+                 "means the cache is full; raise a ValueError (e.g. kv_cache.CacheFullError)")  # fmt: skip
+    n += 2
     passed(fn, f"all {n + 2} random and edge cases (MHA, GQA, MQA, prefill, a full cache) match the reference")
 
 
@@ -253,7 +274,12 @@ def _compare_verify(fn, p, q, draft, u, label: str = "") -> None:
 
 
 def check_verify_draft(fn, hidden: bool = False) -> None:
-    """verify_draft(p, q, draft, u) -> (n_accepted, next_distribution)."""
+    """verify_draft(p, q, draft, u) -> (n_accepted, next_distribution).
+
+    Edges the exercise defines, all in the hidden test: u exactly equal to p/q rejects (accept only
+    when u < p/q); p(x) = 0 rejects even with u = 0; p/q >= 1 always accepts; all drafts accepted (the
+    bonus p[gamma]); the first draft rejected (n = 0); gamma = 1; q == p; n a Python int.
+    """
     forbid_reference(fn, speculative.verify_draft, speculative.speculative_step)
     if not hidden:
         p = torch.tensor([[0.5, 0.3, 0.2], [0.1, 0.1, 0.8], [0.2, 0.2, 0.6]])
@@ -281,11 +307,27 @@ def check_verify_draft(fn, hidden: bool = False) -> None:
     p, q, draft, _ = _spec_case(g, 3, 10)
     _compare_verify(fn, p, q, draft, torch.zeros(3), label="u = 0 (every draft accepted)")
     _compare_verify(fn, p, p[:3].clone(), draft, torch.full((3,), 0.999), label="q == p (nothing can be rejected)")
+    # Exact ratios: p/q = 0.5 for draft 1 (0.25 / 0.5) and 0 for a token the target never produces.
+    p = torch.tensor([[0.5, 0.25, 0.25], [0.25, 0.25, 0.5], [0.0, 0.5, 0.5], [0.2, 0.3, 0.5]])
+    q = torch.tensor([[0.25, 0.5, 0.25], [0.25, 0.5, 0.25], [0.5, 0.25, 0.25]])
+    edges = {
+        "u equal to p/q rejects": (torch.tensor([0, 1, 1]), torch.tensor([0.3, 0.5, 0.1])),
+        "p(x) = 0 rejects even when u = 0": (torch.tensor([0, 0, 0]), torch.tensor([0.0, 0.0, 0.0])),
+        "the first draft rejected": (torch.tensor([1, 0, 1]), torch.tensor([0.5, 0.0, 0.0])),
+        "p/q >= 1 always accepts, then the bonus": (torch.tensor([0, 2, 1]), torch.tensor([0.999, 0.999, 0.999])),
+    }
+    for name, (draft, u) in edges.items():
+        with edge(name):
+            shown = f"{name}: p {p.tolist()}, q {q.tolist()}, drafts {draft.tolist()}, u {u.tolist()}"
+            _compare_verify(fn, p, q, draft, u, label=shown)
+    n += len(edges)
     passed(fn, f"all {n + 2} random and edge cases (gamma 1 to 5, V up to 50, q == p) match the reference")
 
 
 # --------------------------------------------------------------------------- quantization
-def _compare_quantize(fn, w, bits, group_size, label: str = "") -> None:
+def _compare_quantize(fn, w, bits, group_size, label: str = "", exact_halves: bool = False) -> None:
+    """`exact_halves`: w / scale is exactly k + 0.5 somewhere (a power-of-two scale), so torch.round's
+    half-to-even answer is required there instead of either neighbour."""
     want_q, want_scale = quantization.quantize_groupwise(w, bits, group_size)
     got = call(fn, w, bits, group_size)
     where = label or f"w {tuple(w.shape)}, bits={bits}, group_size={group_size}"
@@ -326,6 +368,8 @@ def _compare_quantize(fn, w, bits, group_size, label: str = "") -> None:
     # Rounding: allow the other neighbour only where w / scale is within a hair of a half-integer.
     x = w.float().reshape(n_out, n_in // group_size, group_size) / want_scale[..., None]
     ambiguous = ((x - x.floor()) - 0.5).abs().reshape(n_out, n_in) < 1e-4
+    if exact_halves:
+        ambiguous &= (x - x.floor()).reshape(n_out, n_in) != 0.5
     wrong = (q.long() != want_q.long()) & ~ambiguous
     if wrong.any():
         r, c = wrong.nonzero()[0].tolist()
@@ -334,6 +378,9 @@ def _compare_quantize(fn, w, bits, group_size, label: str = "") -> None:
             hint = ": that is w / scale truncated toward zero (.to(torch.int8) or .long() cut the fraction); round first, torch.round"
         elif bool((q.long() == torch.floor(x.reshape(n_out, n_in)).long()).all()):
             hint = ": that is w / scale rounded down (floor); round to the nearest integer, torch.round"
+        elif bool((q.long() == torch.floor(x.reshape(n_out, n_in) + 0.5).long()).all()):
+            hint = (": w / scale is exactly half-way there, and torch.round sends halves to the even neighbour "
+                    "(2.5 -> 2, -3.5 -> -4); floor(x + 0.5) rounds them up instead")
         fail(
             f"quantize_groupwise({where}): q[{r}, {c}] should be round(w / scale) = {int(want_q[r, c])} "
             f"(w = {w[r, c].item():.5g}), got {int(q[r, c])}{hint}."
@@ -341,7 +388,13 @@ def _compare_quantize(fn, w, bits, group_size, label: str = "") -> None:
 
 
 def check_quantize_groupwise(fn, hidden: bool = False) -> None:
-    """quantize_groupwise(w, bits, group_size) -> (q int8, scale (out, in // group_size))."""
+    """quantize_groupwise(w, bits, group_size) -> (q int8, scale (out, in // group_size)).
+
+    Edges the exercise defines, all in the hidden test: a value exactly half-way between two steps
+    (torch.round sends 2.5 to 2 and -3.5 to -4, never away from zero); a group of zeros (scale 1);
+    group_size = in (one scale per row) and group_size = 1; the absmax from a negative weight; 2 to 8 bits;
+    q stored as int8.
+    """
     forbid_reference(fn, quantization.quantize_groupwise, quantization.quantize_int8)
     if not hidden:
         _compare_quantize(fn, torch.tensor([[0.7, -0.35, 7.0, 1.0]]), 4, 2,
@@ -363,6 +416,15 @@ def check_quantize_groupwise(fn, hidden: bool = False) -> None:
     w = torch.randn(6, 32, generator=g) * 0.01
     w[1, 3] = 25.0
     _compare_quantize(fn, w, 8, 32, label="a row with an outlier")
+    edges = {
+        # bits 4 (Q = 7), absmax 7 in each group: scale 1, so w / scale is w itself.
+        "values half-way between two steps": (torch.tensor([[7.0, 2.5, -3.5, 0.5], [-7.0, -0.5, 1.5, -2.5]]), 4, 4),
+        "groups of one weight": (torch.randn(3, 6, generator=g), 4, 1),
+        "the absmax from a negative weight": (torch.tensor([[-6.0, 1.0, 2.0, 3.0], [0.5, -0.25, 0.1, -2.0]]), 3, 4),
+    }
+    for name, (w, bits, group_size) in edges.items():
+        with edge(name):
+            _compare_quantize(fn, w, bits, group_size, label=name, exact_halves=True)
     passed(fn, f"all {len(cases) + 2} random and edge cases (2 to 8 bits, a group of zeros, an outlier) match the reference")
 
 
@@ -396,7 +458,11 @@ def _compare_dequantize(fn, q, scale, label: str = "") -> None:
 
 
 def check_dequantize_groupwise(fn, hidden: bool = False) -> None:
-    """dequantize_groupwise(q, scale) -> q * scale, group by group, shape (out, in)."""
+    """dequantize_groupwise(q, scale) -> q * scale, group by group, shape (out, in).
+
+    Edges the exercise defines, all in the hidden test: float16 scales give a float32 result; one
+    group per row and groups of 1; column j belongs to group j // group_size (not tiled).
+    """
     forbid_reference(fn, quantization.dequantize_groupwise)
     if not hidden:
         _compare_dequantize(fn, torch.tensor([[7, -4, 7, 1]], dtype=torch.int8), torch.tensor([[0.1, 1.0]]),
@@ -414,4 +480,11 @@ def check_dequantize_groupwise(fn, hidden: bool = False) -> None:
         n += 1
     q, scale = quantization.quantize_groupwise(torch.randn(6, 16, generator=g), 4, 4)
     _compare_dequantize(fn, q, scale.half(), label="float16 scales")
+    with edge("float16 scales give float32 weights"):
+        got = expect_tensor(fn, call(fn, q, scale.half()), "the dequantized weights")
+        expect_dtype(got, torch.float32, "dequantize_groupwise with float16 scales (the exercise asks for float32)")
+    with edge("groups of one column"):
+        q, scale = quantization.quantize_groupwise(torch.randn(3, 5, generator=g), 4, 1)
+        _compare_dequantize(fn, q, scale, label="groups of one column")
+    n += 1
     passed(fn, f"all {n + 1} random cases (2 to 8 bits, groups of 2 to 128, float16 scales) match the reference")

@@ -22,6 +22,7 @@ import torch
 
 from llm_course import embeddings, rope
 from llm_course.grading import CheckFailed, call, expect_tensor, fail, forbid_reference, passed, short
+from llm_course.grading.edges import edge
 
 
 # --------------------------------------------------------------------------- helpers
@@ -107,7 +108,12 @@ def _check_one_hot_gradient(fn, idx: torch.Tensor, vocab: int, dim: int) -> None
 
 
 def check_one_hot_embedding(fn, hidden: bool = False) -> None:
-    """one_hot_embedding(idx, weight) == weight[idx], computed as one_hot(idx) @ weight."""
+    """one_hot_embedding(idx, weight) == weight[idx], computed as one_hot(idx) @ weight.
+
+    Edges the exercise defines, all in the hidden test: ids that do not include V - 1 (num_classes from
+    weight, not from the ids); ids V - 1 and 0; a 0-d id, an empty sequence and 3-D ids; float64 and
+    bfloat16 tables (the result has weight's dtype); the gradient reaches weight.
+    """
     forbid_reference(fn, embeddings.one_hot_embedding, embeddings.embedding_lookup, embeddings.TokenEmbedding)
     if not hidden:
         weight = torch.arange(12.0).reshape(4, 3)  # row t is (3t, 3t + 1, 3t + 2)
@@ -132,6 +138,11 @@ def check_one_hot_embedding(fn, hidden: bool = False) -> None:
     for idx, weight in cases:
         _compare_one_hot(fn, idx, weight)
     _check_one_hot_gradient(fn, torch.tensor([[1, 4, 1], [0, 4, 4]]), vocab=6, dim=3)
+    with edge("ids 0 and V - 1"):
+        _compare_one_hot(fn, torch.tensor([[0, 9], [9, 0]]), torch.randn(10, 4, generator=g))
+    with edge("a bfloat16 table"):
+        _compare_one_hot(fn, torch.tensor([[3, 1], [0, 3]]), torch.randn(7, 5, generator=g).to(torch.bfloat16))
+    cases += [None, None]
     passed(fn, f"all {len(cases)} random and edge cases match the reference, and the gradient reaches weight")
 
 
@@ -203,7 +214,11 @@ def _compare_sinusoidal(fn, seq_len: int, d_model: int, base: float) -> None:
 
 
 def check_sinusoidal_encoding(fn, hidden: bool = False) -> None:
-    """sinusoidal_encoding: PE[pos, 2i] = sin(pos w_i), PE[pos, 2i+1] = cos(pos w_i), w_i = base^(-2i/C)."""
+    """sinusoidal_encoding: PE[pos, 2i] = sin(pos w_i), PE[pos, 2i+1] = cos(pos w_i), w_i = base^(-2i/C).
+
+    Edges the exercise defines, all in the hidden test: seq_len = 1 (position 0 only: sin 0, cos 0);
+    d_model = 2 (one pair, w_0 = 1); long tables (positions in the thousands); other bases; float32.
+    """
     forbid_reference(
         fn, embeddings.sinusoidal_encoding, embeddings.SinusoidalPositionalEncoding, embeddings.inverse_frequencies
     )
@@ -315,7 +330,11 @@ def _compare_shift(fn, offset: float, d_model: int, base: float) -> None:
 
 
 def check_sinusoidal_shift_matrix(fn, hidden: bool = False) -> None:
-    """sinusoidal_shift_matrix(k, C, base): the block-diagonal M_k with PE[pos + k] = M_k @ PE[pos]."""
+    """sinusoidal_shift_matrix(k, C, base): the block-diagonal M_k with PE[pos + k] = M_k @ PE[pos].
+
+    Edges the exercise defines, all in the hidden test: offset 0 (the identity); negative and fractional
+    offsets (2.5 is not 2); large offsets; d_model = 2; other bases; float32; M_a M_b = M_(a+b).
+    """
     forbid_reference(fn, embeddings.sinusoidal_shift_matrix)
     if not hidden:
         got = expect_tensor(fn, call(fn, 0, 4, 10000.0), "the matrix M_k")
@@ -359,6 +378,10 @@ def check_sinusoidal_shift_matrix(fn, hidden: bool = False) -> None:
     cases += [(0, 64, 10000.0), (-7, 32, 10000.0), (2.5, 8, 10000.0), (1, 128, 100.0), (4096, 2, 10000.0)]
     for args in cases:
         _compare_shift(fn, *args)
+    for name, args in {"a negative fractional offset": (-0.5, 4, 10000.0), "a fractional offset below 1": (0.25, 2, 10000.0)}.items():
+        with edge(name):
+            _compare_shift(fn, *args)
+    cases += [None, None]
     # Shifts compose: M_a M_b = M_(a+b).
     m3, m4, m7 = (call(fn, k, 32, 10000.0).double() for k in (3, 4, 7))
     if not torch.allclose(m3 @ m4, m7, atol=1e-5):
@@ -433,7 +456,13 @@ def _compare_rope(fn, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pos
 
 
 def check_apply_rope(fn, hidden: bool = False) -> None:
-    """apply_rope(x, cos, sin, positions): rotate pairs (x_j, x_{j+D/2}) by the angles of the cache rows."""
+    """apply_rope(x, cos, sin, positions): rotate pairs (x_j, x_{j+D/2}) by the angles of the cache rows.
+
+    Edges the exercise defines, all in the hidden test: positions None (the first T rows), (T,) and
+    (B, T) (a head dimension added, also with B == H and B == 1); D = 2; a cache longer than T;
+    float64 x with a float64 cache and bfloat16 x with a float32 cache (the result has x's dtype);
+    x left unchanged.
+    """
     forbid_reference(
         fn, rope.apply_rope, rope.apply_rope_interleaved, rope.rotate_half, rope.RotaryEmbedding, rope._angles_for
     )
@@ -502,5 +531,7 @@ def check_apply_rope(fn, hidden: bool = False) -> None:
     cos, sin = rope.rope_cache(32, 64)
     _compare_rope(fn, torch.randn(2, 2, 10, 32, generator=g).to(torch.bfloat16), cos, sin)
     _compare_rope(fn, torch.randn(1, 2, 6, 32, generator=g), cos, sin, check_input=True)
-    n += 3
+    with edge("(B, T) positions with B = 1"):
+        _compare_rope(fn, torch.randn(1, 3, 5, 32, generator=g), cos, sin, torch.tensor([[9, 2, 40, 0, 63]]))
+    n += 4
     passed(fn, f"all {n} random and edge cases (D = 2, (B, T) positions, float64, bfloat16) match the reference")

@@ -24,6 +24,7 @@ import torch
 
 from llm_course import failures
 from llm_course.grading import call, expect_tensor, fail, forbid_reference, passed, seeded, short
+from llm_course.grading.edges import edge
 
 
 # --------------------------------------------------------------------------- retrieval_prompt
@@ -92,7 +93,13 @@ def _compare_prompt(fn, keys, values, query_index, n_keys, n_values, what: str =
 
 
 def check_retrieval_prompt(fn, hidden: bool = False) -> None:
-    """retrieval_prompt(keys, values, i, K, V) = ([k_j V + v_j ...] + [F + K + V, F + k_i], F + K + v_i), F = K V."""
+    """retrieval_prompt(keys, values, i, K, V) = ([k_j V + v_j ...] + [F + K + V, F + k_i], F + K + v_i), F = K V.
+
+    Edges the exercise defines, all in the hidden test: one fact; the query on the first and on the last
+    fact; one key or one value in the vocabulary (K = 1, V = 1: k V + v must not become k K + v or k + v);
+    the largest key and value (ids up to the query marker K V + K + V); large vocabularies (ids in the
+    hundreds of thousands); keys and values given as tuples; ids torch.long, target a Python int.
+    """
     forbid_reference(fn, failures.retrieval_prompt, failures.make_retrieval_example, failures.make_retrieval_batch)
     if not hidden:
         _compare_prompt(fn, [3, 1, 2], [1, 0, 1], 1, 4, 2, " (the example above)")
@@ -113,6 +120,16 @@ def check_retrieval_prompt(fn, hidden: bool = False) -> None:
             cases += 1
     _compare_prompt(fn, [5, 6, 7, 8], [2, 2, 2, 2], 3, 9, 3, " (all values equal)")
     _compare_prompt(fn, (0, 1), (1, 0), 1, 2, 2, " (keys and values given as tuples)")
+    edges = {
+        "one value in the vocabulary": ([2, 0, 1], [0, 0, 0], 2, 3, 1),
+        "one key in the vocabulary": ([0, 0], [3, 1], 1, 1, 5),
+        "the largest key and value, queried last": ([6, 0, 6], [0, 4, 4], 2, 7, 5),
+        "a large vocabulary (multi-digit ids)": ([999, 17, 500], [511, 3, 0], 0, 1000, 512),
+    }
+    for name, args in edges.items():
+        with edge(name):
+            _compare_prompt(fn, *args, f" ({name})")
+    cases += len(edges)
     passed(fn, f"all {cases + 2} random and edge-case prompts (1 .. 40 facts, repeated values, tuples) match")
 
 
@@ -138,7 +155,11 @@ def _compare_accuracy(fn, predictions, targets, positions, n_positions, what: st
         counts = torch.bincount(positions, minlength=n_positions)
         hint = ""
         n_right = int(((predictions == targets) & (positions == p)).sum())
-        if math.isclose(got[p].item(), n_right / len(predictions), abs_tol=1e-6):
+        as_floats = int(((predictions.float() == targets.float()) & (positions == p)).sum())
+        if as_floats != n_right and math.isclose(got[p].item(), as_floats / int(counts[p]), abs_tol=1e-6):
+            hint = (": ids above 2**24 compared as float32 look equal to their neighbours; compare the integer "
+                    "tensors directly, predictions == targets")
+        elif math.isclose(got[p].item(), n_right / len(predictions), abs_tol=1e-6):
             hint = ": that is divided by all examples; divide by the examples at this position"
         elif math.isclose(got[p].item(), n_right, abs_tol=1e-6):
             hint = ": that is the number right; the accuracy is that divided by the number of examples there"
@@ -149,7 +170,13 @@ def _compare_accuracy(fn, predictions, targets, positions, n_positions, what: st
 
 
 def check_accuracy_by_position(fn, hidden: bool = False) -> None:
-    """accuracy_by_position = per-position mean of (predictions == targets), NaN where empty."""
+    """accuracy_by_position = per-position mean of (predictions == targets), NaN where empty.
+
+    Edges the exercise defines, all in the hidden test: a position with no example is NaN, the first
+    and the last one too (bincount needs minlength); one example; one position; all right and all
+    wrong; unsorted positions with unequal counts; large token ids (above 2**24, where float32 can no
+    longer tell neighbouring ids apart: compare the ids as integers).
+    """
     forbid_reference(fn, failures.accuracy_by_position, failures.retrieval_accuracy_by_position)
     t = torch.tensor
     if not hidden:
@@ -169,6 +196,16 @@ def check_accuracy_by_position(fn, hidden: bool = False) -> None:
     # Unsorted positions with unequal counts, and a last position that is empty.
     _compare_accuracy(fn, t([3, 3, 3, 0, 0]), t([3, 0, 3, 0, 1]), t([2, 0, 2, 2, 0]), 4, " (unequal counts, last position empty)")
     _compare_accuracy(fn, t([0, 0]), t([1, 1]), t([1, 1]), 2, " (all wrong)")
+    big = 2**24
+    edges = {
+        "the first and the last position empty": (t([1, 2, 2]), t([1, 2, 0]), t([1, 2, 1]), 4),
+        "one example": (t([7]), t([7]), t([0]), 1),
+        "large token ids": (t([big + 1, big + 3, 50_000, big]), t([big, big + 3, 50_000, big + 1]), t([0, 0, 1, 1]), 2),
+    }
+    for name, args in edges.items():
+        with edge(name):
+            _compare_accuracy(fn, *args, f" ({name})")
+    cases += len(edges)
     passed(fn, f"all {cases + 2} random and edge cases (1 .. 1000 examples, unequal counts, empty positions) match")
 
 
@@ -209,7 +246,14 @@ def _compare_ece(fn, probs, correct, n_bins, what: str = "") -> None:
 
 
 def check_expected_calibration_error(fn, hidden: bool = False) -> None:
-    """ECE = sum_b (n_b / N) |acc_b - conf_b| over equal-width bins, empty bins skipped."""
+    """ECE = sum_b (n_b / N) |acc_b - conf_b| over equal-width bins, empty bins skipped.
+
+    Edges the exercise defines, all in the hidden test: a probability exactly on an inner bin edge goes
+    to the bin *above* it (bin floor(p n_bins): bins are closed on the left, [b / n, (b + 1) / n));
+    p = 0 goes to bin 0 and p = 1 to the last bin; empty bins are skipped; one bin; one example; bool
+    or 0/1 int `correct`; float32 and float64 probabilities. The bin-edge cases use dyadic probabilities
+    (0.25, 0.5, 0.75, ...), exact in every float type, so rounding cannot decide the bin.
+    """
     forbid_reference(fn, failures.expected_calibration_error, failures.reliability_bins)
     t = torch.tensor
     if not hidden:
@@ -228,4 +272,19 @@ def check_expected_calibration_error(fn, hidden: bool = False) -> None:
     _compare_ece(fn, t([1.0, 1.0, 0.5, 0.0]), t([True, False, True, False]), 4, " (p = 1.0 and p = 0.0 at the edges)")
     _compare_ece(fn, t([0.1, 0.3, 0.5, 0.7, 0.9]), t([False, False, True, True, True]), 5, " (one example per bin)")
     _compare_ece(fn, t([0.2, 0.4], dtype=torch.float64), t([0, 1]), 2, " (float64 probabilities, 0/1 ints for correct)")
+    # Each probability on an edge shares its bin with 0.3 (below the edge 0.5) or 0.625 (above it),
+    # so the bin it lands in changes the ECE.
+    edges = {
+        "p = 0.5 on the edge between 2 bins": (t([0.5, 0.5, 0.25, 0.75]), t([True, True, False, False]), 2),
+        "p = 0.25, 0.5, 0.75 on the edges of 4 bins": (
+            t([0.25, 0.3, 0.5, 0.625, 0.75, 0.875, 0.25]), t([True, False, True, False, False, True, True]), 4),
+        "every inner edge of 8 bins, float64": (
+            t([b / 8 for b in range(1, 8)] + [0.1, 0.3, 0.45, 0.55, 0.7, 0.8, 0.95], dtype=torch.float64),
+            t([1, 0, 1, 1, 0, 0, 1, 0, 1, 0, 0, 1, 1, 0]), 8),
+        "p = 0 and p = 1 next to the edges": (t([0.0, 0.0, 0.25, 1.0, 1.0, 0.75]), t([False, True, True, True, False, True]), 4),
+    }
+    for name, (probs, correct, n_bins) in edges.items():
+        with edge(name):
+            _compare_ece(fn, probs, correct, n_bins, f" ({name})")
+    cases += len(edges)
     passed(fn, f"all {cases + 3} random and edge cases (1 .. 1000 examples, 1 .. 20 bins, p = 0 and 1) match")

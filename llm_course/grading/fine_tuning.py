@@ -23,6 +23,7 @@ from torch.nn import functional as F
 
 from llm_course import lora, sft
 from llm_course.grading import call, expect_tensor, fail, forbid_reference, passed, seeded
+from llm_course.grading.edges import edge
 
 TOL = dict(atol=1e-5, rtol=1e-4)
 
@@ -97,7 +98,13 @@ def _loss_case(g, B, T, V, scale=2.0):
 
 
 def check_masked_sft_loss(fn, hidden: bool = False) -> None:
-    """masked_sft_loss(logits (B, T, V), targets (B, T), response_mask (B, T) bool) -> mean response NLL."""
+    """masked_sft_loss(logits (B, T, V), targets (B, T), response_mask (B, T) bool) -> mean response NLL.
+
+    Edges the exercise defines, all in the hidden test: the mean over all response tokens of the
+    batch (sequences with more response tokens weigh more; a sequence with none adds nothing and makes
+    no NaN); a single response token; a mask that is all True; the mask as bools and as 0/1 integers;
+    very large logits; B = 1 and T = 1; the loss differentiable.
+    """
     forbid_reference(fn, sft.masked_sft_loss)
     if not hidden:
         # The worked example of the notebook: V = 2, logits give p(target) 1/2, 3/4, 4/5;
@@ -127,6 +134,16 @@ def check_masked_sft_loss(fn, hidden: bool = False) -> None:
     mask[1, 6] = True
     _compare_loss(fn, logits, targets, mask, label="a single response token")
     _compare_loss(fn, logits, targets, mask.int(), label="a mask of 0/1 integers")
+    with edge("a sequence with no response token"):
+        logits, targets, mask = _loss_case(g, 3, 6, 5)
+        mask[1] = False
+        mask[0, 2] = True
+        _compare_loss(fn, logits, targets, mask, label="sequence 1 has no response token")
+        _compare_loss(fn, logits, targets, mask.long(), label="sequence 1 has no response token, 0/1 integer mask")
+    with edge("B = 1, T = 1"):
+        logits, targets = torch.randn(1, 1, 4, generator=g) * 2, torch.tensor([[3]])
+        _compare_loss(fn, logits, targets, torch.ones(1, 1, dtype=torch.bool), label="one sequence of one token")
+    n += 3
     passed(fn, f"all {n + 4} random and edge cases (large logits, full mask, one token, 0/1 mask) match the reference")
 
 
@@ -186,7 +203,12 @@ def _forward_case(g, batch, d_in, d_out, r, scale, bias=True, random_B=True):
 
 
 def check_lora_forward(fn, hidden: bool = False) -> None:
-    """lora_forward(x (..., in), weight (out, in), bias (out,) or None, A (r, in), B (out, r), scale)."""
+    """lora_forward(x (..., in), weight (out, in), bias (out,) or None, A (r, in), B (out, r), scale).
+
+    Edges the exercise defines, all in the hidden test: bias None; rank 1 and full rank; B = 0 (the
+    base layer exactly); x with no leading dimension, one, or several; the scale on the adapter term only;
+    gradients reaching A and B.
+    """
     forbid_reference(fn, lora.lora_forward, lora.lora_delta, lora.LoRALinear.forward)
     if not hidden:
         # The worked example: x = [1, 2], W = I, b = [0.5, -0.5], A = [[1, 1]], B = [[2], [0]], scale 0.5:
@@ -211,6 +233,10 @@ def check_lora_forward(fn, hidden: bool = False) -> None:
     _compare_forward(fn, x, W, b, A, B, s, label="B = 0, the initial adapter (the output must equal the base layer's)")
     x, W, b, A, B, s = _forward_case(g, (2, 3), 10, 6, 4, 2.0)
     _compare_forward(fn, x, W, b, A.requires_grad_(), B.requires_grad_(), s, label="A and B that require gradients")
+    with edge("x with no leading dimension"):
+        x, W, b, A, B, s = _forward_case(g, (), 6, 5, 2, 3.0)
+        _compare_forward(fn, x, W, b, A, B, s, label="one input vector x of shape (in,)")
+    cases += [None]
     passed(fn, f"all {len(cases) + 2} random and edge cases (no bias, rank 1 to 24, B = 0, gradients) match the reference")
 
 
@@ -253,7 +279,11 @@ def _compare_merge(fn, W, A, B, scale, label: str = "") -> None:
 
 
 def check_merge_weight(fn, hidden: bool = False) -> None:
-    """merge_weight(weight (out, in), A (r, in), B (out, r), scale) -> W + scale B A."""
+    """merge_weight(weight (out, in), A (r, in), B (out, r), scale) -> W + scale B A.
+
+    Edges the exercise defines, all in the hidden test: B = 0 and scale 0 (W itself, as a new tensor);
+    rank 1; square and non-square weights; the weight passed in left unchanged.
+    """
     forbid_reference(fn, lora.merge_weight, lora.LoRALinear.merged, lora.merge_lora)
     if not hidden:
         # The worked example: W = I, A = [[1, 1]], B = [[2], [0]], scale 0.5: B A = [[2, 2], [0, 0]],
@@ -272,6 +302,9 @@ def check_merge_weight(fn, hidden: bool = False) -> None:
         # the merged weight must compute what the adapted layer computes
     W, A = torch.randn(6, 4, generator=g), torch.randn(2, 4, generator=g)
     _compare_merge(fn, W, A, torch.zeros(6, 2), 2.0, label="B = 0 (the merged weight is W itself)")
+    with edge("scale 0"):
+        _compare_merge(fn, W, A, torch.randn(6, 2, generator=g), 0.0, label="scale 0 (the merged weight is W itself)")
+    cases += [None]
     passed(fn, f"all {len(cases) + 1} random and edge cases (square, rank 1, B = 0) match the reference; "
                "the weight passed in is left unchanged")
 

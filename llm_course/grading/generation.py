@@ -41,11 +41,15 @@ from llm_course.grading import (
     short,
     time_limit,
 )
+from llm_course.grading.edges import edge, expect_dtype
 from llm_course.transformer import Transformer, TransformerConfig
 
 SIGNIFICANCE = 1e-4  # chi-square tests: a correct sampler fails one this rarely (and the seeds are fixed)
 N_DRAWS = 20_000
 SEEDS_PROBS = [0.05, 0.45, 0.30, 0.20]  # the four-token example of the chapter
+# Dyadic probabilities: their softmax and every cumulative sum are exact in bf16, float32 and float64,
+# so a token whose mass above it *equals* top_p is tested without rounding deciding the answer.
+DYADIC_PROBS = [0.125, 0.5, 0.125, 0.25]  # sorted: 0.5, 0.25, 0.125, 0.125; mass above: 0, 0.5, 0.75, 0.875
 
 
 @contextlib.contextmanager
@@ -115,7 +119,12 @@ def _compare_temperature(fn, logits: torch.Tensor, T: float) -> None:
 
 
 def check_apply_temperature(fn, hidden: bool = False) -> None:
-    """apply_temperature(logits, temperature) = logits / temperature; ValueError unless temperature > 0."""
+    """apply_temperature(logits, temperature) = logits / temperature; ValueError unless temperature > 0.
+
+    Edges the exercise defines, all in the hidden test: temperature exactly 0 and below (ValueError);
+    T = 1 (unchanged); tiny and large T; -inf logits stay -inf; bfloat16 and float64 logits keep their
+    dtype; the input is left unchanged.
+    """
     forbid_reference(fn, sampling.apply_temperature)
     if not hidden:
         logits = torch.tensor([2.0, 1.0, 0.0, -1.0])
@@ -138,7 +147,12 @@ def check_apply_temperature(fn, hidden: bool = False) -> None:
     _expect_error(fn, (torch.randn(5, generator=g), 0.0), {}, "temperature 0", zero_why)
     _expect_error(fn, (torch.randn(5, generator=g), -0.5), {}, "a negative temperature", "it would invert the ranking")
     _unchanged_input(fn, torch.randn(3, 6, generator=g), 2.0)
-    what = "shapes up to 3-D, T from 0.05 to 10, float64, -inf"
+    for dtype in (torch.bfloat16, torch.float64):
+        with edge(f"{dtype} logits"):
+            logits = (torch.randn(3, 9, generator=g) * 3).to(dtype)
+            expect_dtype(expect_tensor(fn, call(fn, logits, 0.7), "the scaled logits"), dtype, f"apply_temperature of {dtype} logits")
+            _compare_temperature(fn, logits, 0.7)
+    what = "shapes up to 3-D, T from 0.05 to 10, bf16, float64, -inf"
     passed(fn, f"all {cases + 2} random cases ({what}) and the errors are right")
 
 
@@ -255,7 +269,13 @@ def _compare_top_k(fn, logits: torch.Tensor, k: int) -> None:
 
 
 def check_top_k_filter(fn, hidden: bool = False) -> None:
-    """top_k_filter(logits, k): the logits below the k-th largest of their row become -inf."""
+    """top_k_filter(logits, k): the logits below the k-th largest of their row become -inf.
+
+    Edges the exercise defines, all in the hidden test: logits tied with the k-th largest are all kept
+    (k = 1 with a tie at the top too); k = V and k > V keep everything; k = 0 and k < 0 raise ValueError;
+    a vocabulary of one token; -inf logits from an earlier filter; bfloat16 and float64 logits keep
+    their dtype; the input is left unchanged.
+    """
     forbid_reference(fn, sampling.top_k_filter)
     if not hidden:
         logits = torch.tensor([1.0, 3.0, 2.0, 0.5])
@@ -283,7 +303,17 @@ def check_top_k_filter(fn, hidden: bool = False) -> None:
     _compare_top_k(fn, torch.randn(4, 20, generator=g, dtype=torch.float64), 7)
     _expect_error(fn, (torch.randn(6, generator=g), -2), {}, "k = -2", "k must be at least 1")
     _unchanged_input(fn, torch.randn(3, 8, generator=g), 3)
-    passed(fn, f"all {cases + 5} random and edge cases (k = 1 .. V + 5, ties, -inf, float64, 3-D) are right")
+    with edge("k = 1 with a tie at the top"):
+        _compare_top_k(fn, torch.tensor([[1.0, 3.0, 3.0, 0.5], [2.0, 2.0, 2.0, 2.0]]), 1)
+    with edge("a vocabulary of one token"):
+        _compare_top_k(fn, torch.tensor([[0.3], [-1.0]]), 1)
+        _compare_top_k(fn, torch.tensor([[0.3], [-1.0]]), 4)
+    for dtype in (torch.bfloat16, torch.float64):
+        with edge(f"{dtype} logits"):
+            logits = (torch.randn(3, 16, generator=g) * 2).to(dtype)
+            expect_dtype(expect_tensor(fn, call(fn, logits, 5), "the filtered logits"), dtype, f"top_k_filter of {dtype} logits")
+            _compare_top_k(fn, logits, 5)
+    passed(fn, f"all {cases + 9} random and edge cases (k = 1 .. V + 5, ties, -inf, V = 1, bf16, float64, 3-D) are right")
 
 
 # --------------------------------------------------------------------------- top-p
@@ -297,6 +327,13 @@ def _top_p_hint(top_p: float):
         table = f" (the probabilities, sorted: {shown}{', ...' if len(order) > 8 else ''})"
         if not got:
             return ": no token is left; the most probable token must always be kept" + table
+        mass_before = cum - probs[order]
+        at_most, below = mass_before <= top_p + 1e-6, mass_before < top_p - 1e-6  # equality up to rounding
+        if got == set(order[at_most].tolist()) and got != set(order[below].tolist()):
+            return (
+                ": the tokens above the last one you kept already hold exactly top_p, so it is not needed. Keep a token "
+                "only while the mass above it is strictly less than top_p (<, not <=)" + table
+            )
         if got == set(order[cum <= top_p].tolist()):
             return (
                 ": the token that crosses top_p must be kept too. Keep a token while the probability of the tokens "
@@ -333,7 +370,14 @@ def _compare_top_p(fn, logits: torch.Tensor, top_p: float) -> None:
 
 
 def check_top_p_filter(fn, hidden: bool = False) -> None:
-    """top_p_filter(logits, top_p): keep the fewest most probable tokens whose probabilities sum to >= top_p."""
+    """top_p_filter(logits, top_p): keep the fewest most probable tokens whose probabilities sum to >= top_p.
+
+    Edges the exercise defines, all in the hidden test: a token whose mass above it *equals* top_p is
+    dropped (kept only when that mass is strictly less), with exact dyadic probabilities in bf16,
+    float32 and float64; the most probable token is always kept, however small top_p is; top_p = 1
+    keeps everything; top_p <= 0 and > 1 raise ValueError; a vocabulary of one token; -inf logits from
+    an earlier filter; the result in vocabulary order; bfloat16 and float64 logits keep their dtype.
+    """
     forbid_reference(fn, sampling.top_p_filter)
     if not hidden:
         logits = torch.log(torch.tensor(SEEDS_PROBS))  # probabilities 0.05, 0.45, 0.30, 0.20
@@ -367,8 +411,29 @@ def check_top_p_filter(fn, hidden: bool = False) -> None:
     _compare_top_p(fn, logits, _safe_top_p(logits, 0.75))
     _expect_error(fn, (torch.randn(6, generator=g), -0.2), {}, "top_p = -0.2", "top_p must be in (0, 1]")
     _unchanged_input(fn, torch.randn(3, 8, generator=g), 0.6)
-    what = "3 scales, top_p from 0.05 to 1, float64, after top-k"
-    passed(fn, f"all {cases + 5} random and edge cases ({what}) are right")
+    dyadic = torch.tensor(DYADIC_PROBS).log()  # (4,), the most probable token at index 1
+    for dtype in (torch.float32, torch.float64):  # bf16 rounds the logits: its probabilities are not dyadic
+        logits = dyadic.to(dtype)
+        for top_p, kept in [(0.5, "0.5 alone"), (0.75, "0.5 and 0.25")]:
+            with edge(f"{dtype} probabilities 0.5, 0.25, 0.125, 0.125 with top_p = {top_p}: the mass above the next token "
+                      f"equals top_p, so it is dropped and only {kept} stay"):
+                _compare_top_p(fn, logits, top_p)
+    for dtype in (torch.bfloat16, torch.float64):
+        with edge(f"{dtype} logits"):
+            logits = dyadic.to(dtype)
+            expect_dtype(expect_tensor(fn, call(fn, logits, 0.6), "the filtered logits"), dtype, f"top_p_filter of {dtype} logits")
+            _compare_top_p(fn, logits, 0.6)  # keeps 0.5 and 0.25, far from any boundary
+    with edge("a batch of rows whose boundaries are exact"):
+        _compare_top_p(fn, torch.stack([dyadic, dyadic.flip(0), dyadic.roll(1)]), 0.5)
+    with edge("top_p smaller than the largest probability: only the top token stays"):
+        _compare_top_p(fn, dyadic, 0.001)
+    with edge("a vocabulary of one token"):
+        _compare_top_p(fn, torch.tensor([[0.3], [-1.0]]), 0.5)
+    with edge("float64 random logits"):
+        logits = torch.randn(2, 12, generator=g, dtype=torch.float64) * 2
+        _compare_top_p(fn, logits, _safe_top_p(logits, 0.6))
+    what = "3 scales, top_p from 0.001 to 1, mass exactly at top_p, V = 1, bf16, float64, after top-k"
+    passed(fn, f"all {cases + 11} random and edge cases ({what}) are right")
 
 
 # --------------------------------------------------------------------------- sample_next
@@ -526,7 +591,14 @@ def _check_sampling_errors(fn, logits: torch.Tensor) -> None:
 
 
 def check_sample_next(fn, hidden: bool = False) -> None:
-    """sample_next: greedy at temperature 0, else temperature -> top-k -> top-p -> softmax -> multinomial."""
+    """sample_next: greedy at temperature 0, else temperature -> top-k -> top-p -> softmax -> multinomial.
+
+    Edges the exercise defines, all in the hidden test: temperature 0 is greedy, with or without
+    filters, and the settings are still checked first (temperature 0 with top_k = 0 raises ValueError);
+    a batch of one row; top_k = V and top_p = 1 (filters that keep everything); the filter order
+    (temperature, then top-k, then top-p); the generator makes draws reproducible; the result is
+    torch.long of shape (B,).
+    """
     forbid_reference(fn, sampling.sample_next, generation.generate)
     with _one_thread():
         _check_sample_next(fn, hidden)
@@ -562,6 +634,13 @@ def _check_sample_next(fn, hidden: bool) -> None:
     two_rows = torch.log(torch.tensor([[0.5, 0.25, 0.15, 0.1], [0.1, 0.05, 0.25, 0.6]]))
     _check_distribution(fn, two_rows, 1.0, 3, 0.8, seed=46)  # each row its own distribution
     _check_sampling_errors(fn, torch.randn(3, 6, generator=g))
+    with edge("temperature 0 still checks the other settings first"):
+        logits = torch.randn(2, 6, generator=g)
+        why = "step 1 checks every setting before greedy decoding returns"
+        _expect_error(fn, (logits,), dict(temperature=0.0, top_k=0), "temperature 0 with top_k = 0", why)
+        _expect_error(fn, (logits,), dict(temperature=0.0, top_p=1.5), "temperature 0 with top_p = 1.5", why)
+    with edge("a batch of one row, greedy"):
+        _check_greedy(fn, torch.randn(1, 9, generator=g), k=9, p=1.0)
     passed(fn, f"greedy, seeds, and {len(settings) + 3} sampling settings (order, batches) fit; errors raised")
 
 
@@ -694,7 +773,13 @@ def _compare_perplexity(fn, model: nn.Module, ids: torch.Tensor, L, stride, labe
 
 
 def check_perplexity(fn, hidden: bool = False) -> None:
-    """perplexity(model, ids, context_length, stride) = exp(mean NLL), every token scored once, sliding windows."""
+    """perplexity(model, ids, context_length, stride) = exp(mean NLL), every token scored once, sliding windows.
+
+    Edges the exercise defines, all in the hidden test: N = 2 (one scored token); N - 1 <= context_length
+    (one window); N - 1 == context_length exactly; stride 1, a stride that does not divide N - 1 (a short
+    last window), stride == context_length (disjoint windows); the defaults (context_length from the
+    model, stride = context_length), also when only context_length is given; repeated tokens.
+    """
     forbid_reference(fn, generation.perplexity, generation.token_nlls)
     with _one_thread():
         _check_perplexity(fn, hidden)
@@ -730,4 +815,9 @@ def _check_perplexity(fn, hidden: bool) -> None:
     _compare_perplexity(fn, position, torch.zeros(30, dtype=torch.long), 6, 4, " (a model that counts positions)")
     repeated = torch.randint(0, 20, (60,), generator=seeded(64))  # repeated tokens: windows shown by their length
     _compare_perplexity(fn, _scaled_transformer(65), repeated, 12, 5)
+    with edge("context_length given, stride left at its default (= context_length)"):
+        _compare_perplexity(fn, _scaled_transformer(66), torch.randperm(160, generator=seeded(67))[:40], 6, None)
+    with edge("N - 1 == context_length + 1: a second window for the last token"):
+        _compare_perplexity(fn, _scaled_transformer(66), torch.randperm(160, generator=seeded(68))[:10], 8, 8)
+    cases += 2
     passed(fn, f"all {cases + 3} cases (GPT- and Llama-style models, strides 1 .. L, 2 .. 101 tokens, defaults) match")

@@ -29,6 +29,9 @@ import torch.nn.functional as F
 
 from llm_course import moe
 from llm_course.grading import call, fail, first_difference, forbid_reference, passed, short
+from llm_course.grading.edges import edge
+
+edge_case = edge  # the checks below keep a local list named `edge`
 from llm_course.moe import MoE
 
 ATOL = RTOL = 1e-5  # float32 results of unit scale; the reference computes in float32
@@ -162,7 +165,13 @@ WORKED_LOGITS = torch.log(torch.tensor([[0.1, 0.6, 0.3], [0.5, 0.2, 0.3]]))
 
 
 def check_top_k_routing(fn, hidden: bool = False) -> None:
-    """top_k_routing(logits, k, renormalize) equals llm_course.moe.top_k_routing."""
+    """top_k_routing(logits, k, renormalize) equals llm_course.moe.top_k_routing.
+
+    Edges the exercise defines, all in the hidden test: k = 1 with renormalize (the weight is exactly
+    1) and without (the top probability); k = E; a single token; (B, T, E) logits; large logits (the
+    softmax must not overflow); bfloat16 logits (softmax in float32, float32 weights, int64 indices);
+    logits left unchanged.
+    """
     _forbid(fn, moe.top_k_routing, moe.router_probs, _mixtral_reference("MixtralTopKRouter"))
     if not hidden:
         # probabilities [0.1, 0.6, 0.3] and [0.5, 0.2, 0.3]: top 2 = experts (1, 2) and (0, 2)
@@ -194,6 +203,11 @@ def check_top_k_routing(fn, hidden: bool = False) -> None:
     ]
     for logits, k, renormalize, what in edge:
         _compare_routing(fn, logits, k, renormalize, what)
+    for renormalize in (True, False):
+        what = f"k = 1, renormalize={renormalize}"
+        with edge_case(what):
+            _compare_routing(fn, _random_logits(g, (6, 5), 1.0), 1, renormalize, what)
+    n += 2
     passed(fn, f"all {n + len(edge)} random and edge cases match (k = E, large and bfloat16 logits, (B, T, E) input)")
 
 
@@ -261,7 +275,12 @@ def _compare_balance(fn, logits: torch.Tensor, k: int, E: int, what: str, expect
 
 def check_load_balancing_loss(fn, hidden: bool = False) -> None:
     """load_balancing_loss(router_logits, k, n_experts) equals llm_course.moe.load_balancing_loss (and
-    Hugging Face's Mixtral load_balancing_loss_func)."""
+    Hugging Face's Mixtral load_balancing_loss_func).
+
+    Edges the exercise defines, all in the hidden test: k = 1 (Switch) and k = E (every f_i = 1);
+    a single token; (B, T, E) logits flattened over every leading dimension; bfloat16 logits (float32
+    probabilities); a skewed router; a scalar tensor with a gradient to the router.
+    """
     _forbid(fn, moe.load_balancing_loss, _mixtral_reference("load_balancing_loss_func"))
     if not hidden:
         # k = 1: f = [1/2, 1/2], P = [0.6, 0.4] -> 2 (0.3 + 0.2) = 1
@@ -294,6 +313,9 @@ def check_load_balancing_loss(fn, hidden: bool = False) -> None:
     ]
     for logits, k, E, what in edge:
         _compare_balance(fn, logits, k, E, what, check_grad=logits.dtype == torch.float32)
+    with edge_case("k = 1 (Switch Transformer)"):
+        _compare_balance(fn, _random_logits(g, (3, 5, 6), 1.5), 1, 6, "k = 1, (B, T, E) logits", check_grad=True)
+    n += 1
     passed(fn, f"all {n + len(edge)} random and edge cases match, values and gradients ((B, T, E), bfloat16, k = E)")
 
 
@@ -388,6 +410,21 @@ def _compare_moe(fn, x, rw, wg, wu, wd, k, what: str, expected: torch.Tensor | N
     fail(f"{args} is wrong ({what}): {first_difference(got, expected)}{hint}.{detail}")
 
 
+def _moe_oracle(x, rw, wg, wu, wd, k) -> torch.Tensor:
+    """The MoE layer with the routing a student computes (logits in x's dtype, softmax in float32) and
+    the experts in float64: for bfloat16 inputs, the answer up to the rounding of the experts."""
+    flat = x.reshape(-1, x.shape[-1])  # (N, C)
+    weights, indices = moe.top_k_routing(flat @ rw.T, k)  # (N, k), float32
+    out = torch.zeros(flat.shape, dtype=torch.float64)
+    for j in range(k):
+        e = indices[:, j]  # (N,)
+        h = flat.double()
+        gate = torch.einsum("nfc,nc->nf", wg[e].double(), h)
+        up = torch.einsum("nfc,nc->nf", wu[e].double(), h)
+        out += weights[:, j, None].double() * torch.einsum("ncf,nf->nc", wd[e].double(), F.silu(gate) * up)
+    return out.reshape(x.shape).to(x.dtype)
+
+
 def _random_weights(g: torch.Generator, C: int, Fh: int, E: int, router_scale: float = 1.0):
     rw = torch.randn(E, C, generator=g) * router_scale / math.sqrt(C)
     wg = torch.randn(E, Fh, C, generator=g) / math.sqrt(C)
@@ -404,7 +441,12 @@ WORKED_DOWN = torch.tensor([[[1.0], [0.0]], [[0.0], [1.0]]])  # (E, C, F)
 
 
 def check_moe_forward(fn, hidden: bool = False) -> None:
-    """moe_forward(x, router_weight, w_gate, w_up, w_down, k) equals llm_course.moe.MoE with the same weights."""
+    """moe_forward(x, router_weight, w_gate, w_up, w_down, k) equals llm_course.moe.MoE with the same weights.
+
+    Edges the exercise defines, all in the hidden test: experts that get no token; k = 1 and k = E;
+    x = 0; (B, T, C) inputs; float64 and bfloat16 x and weights (the result has x's dtype, also when
+    the float32 routing weights multiply bfloat16 expert outputs); x left unchanged.
+    """
     _forbid(fn, MoE, MoE.forward, moe.dispatch, moe.combine, moe.top_k_routing, moe.router_probs,
             _mixtral_reference("MixtralSparseMoeBlock"), _mixtral_reference("MixtralExperts"))  # fmt: skip
     worked = (WORKED_ROUTER, WORKED_GATE, WORKED_UP, WORKED_DOWN)
@@ -442,4 +484,9 @@ def check_moe_forward(fn, hidden: bool = False) -> None:
         _compare_moe(fn, x, *w, k, what)
     w64 = tuple(t.double() for t in _random_weights(g, 8, 8, 4, 2.0))
     _compare_moe(fn, torch.randn(4, 8, generator=g, dtype=torch.float64), *w64, 2, "float64 inputs and weights")
+    with edge_case("bfloat16 inputs and weights"):
+        wbf = tuple(t.to(torch.bfloat16) for t in _random_weights(g, 8, 6, 4, 6.0))
+        xbf = torch.randn(2, 3, 8, generator=g).to(torch.bfloat16)
+        _compare_moe(fn, xbf, *wbf, 2, "bfloat16 inputs and weights", expected=_moe_oracle(xbf, *wbf, 2), atol=5e-2)
+    n += 1
     passed(fn, f"all {n + len(edge) + 1} random and edge layers equal the course's MoE (unused experts, k = E, float64)")

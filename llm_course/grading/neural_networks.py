@@ -39,6 +39,8 @@ from llm_course.grading import (
     short,
 )
 
+from llm_course.grading.edges import edge  # noqa: E402
+
 F64 = torch.float64
 TOL = dict(atol=1e-10, rtol=1e-10)  # float64, unit-scale values, a few products deep
 # The RNN norms range from 1e-30 to 1e+30: compare relatively, with a floor far below the largest norm
@@ -137,7 +139,9 @@ def _compare_linear_forward(fn, x, W, b=None, label: str = "", expected: torch.T
         )
     if got.dtype != x.dtype:
         fail(f"linear_forward returned dtype {got.dtype} for {x.dtype} inputs; keep the inputs' dtype.")
-    tol = TOL if x.dtype == F64 else dict(atol=1e-6, rtol=1e-6)
+    tol = {F64: TOL, torch.bfloat16: dict(atol=5e-2, rtol=2e-2)}.get(x.dtype, dict(atol=1e-6, rtol=1e-6))
+    if x.dtype == torch.bfloat16:  # compare with float64 arithmetic on the same (rounded) inputs
+        want = nn_basics.linear_forward(x.double(), W.double(), None if b is None else b.double())
     if not _close(got, want, **tol):
         hint = _diagnose(got, _forward_mistakes(x, W, b), atol=1e-6, rtol=1e-6)
         small = f"\n  expected {_show(want)}\n  got      {_show(got)}" if want.numel() <= 12 else ""
@@ -145,7 +149,12 @@ def _compare_linear_forward(fn, x, W, b=None, label: str = "", expected: torch.T
 
 
 def check_linear_forward(fn, hidden: bool = False) -> None:
-    """linear_forward(x, W, b=None) = x @ W.T + b, shape (B, out)."""
+    """linear_forward(x, W, b=None) = x @ W.T + b, shape (B, out).
+
+    Edges the exercise defines, all in the hidden test: b=None (no bias); one example, one input
+    feature, one output; a square W (a transposed W would still run); the result keeps x's dtype for
+    float64, float32 and bfloat16 inputs, with and without a bias.
+    """
     forbid_reference(fn, nn_basics.linear_forward, nn_basics.mlp_forward)
     try:
         forbid_reference(fn, F.linear, torch.nn.Linear)
@@ -179,7 +188,12 @@ def check_linear_forward(fn, hidden: bool = False) -> None:
         n += 1
     x, W, b = torch.randn(8, 3, generator=g), torch.randn(2, 3, generator=g), torch.randn(2, generator=g)
     _compare_linear_forward(fn, x, W, b, "float32 inputs")
-    passed(fn, f"all {n + 1} random and edge cases (one example, one feature, square W, no bias, float32) are right")
+    for bias in (True, False):
+        name = f"bfloat16 inputs, {'with a bias' if bias else 'b=None'}"
+        with edge(name):
+            x, W, b = (torch.randn(*shape, generator=g).to(torch.bfloat16) for shape in [(4, 3), (2, 3), (2,)])
+            _compare_linear_forward(fn, x, W, b if bias else None, name)
+    passed(fn, f"all {n + 3} random and edge cases (one example, one feature, square W, no bias, float32, bf16) are right")
 
 
 # --------------------------------------------------------------------------- linear_backward
@@ -285,7 +299,12 @@ def _compare_linear_backward(fn, x, W, grad_out, label: str = "", expected=None)
 
 
 def check_linear_backward(fn, hidden: bool = False) -> None:
-    """linear_backward(x, W, grad_out) = (grad_out @ W, grad_out.T @ x, grad_out.sum(0)), by hand."""
+    """linear_backward(x, W, grad_out) = (grad_out @ W, grad_out.T @ x, grad_out.sum(0)), by hand.
+
+    Edges the exercise defines, all in the hidden test: each gradient with the shape of its variable
+    when B = 1, in = 1 or out = 1 (no squeeze); grad_b summed, not averaged, over the batch; square W
+    (a transposed product would still run); the inputs' dtype kept.
+    """
     forbid_reference(fn, nn_basics.linear_backward, nn_basics.mlp_backward)
     _forbid_autograd(fn, "the exercise is to apply the chain rule by hand; autograd is what it is checked against")
     if not hidden:
@@ -318,7 +337,12 @@ def check_linear_backward(fn, hidden: bool = False) -> None:
         x = torch.randn(B, n_in, generator=g, dtype=F64)
         W = torch.randn(n_out, n_in, generator=g, dtype=F64)
         _compare_linear_backward(fn, x, W, torch.randn(B, n_out, generator=g, dtype=F64))
-    passed(fn, f"all {len(shapes)} random and edge cases (square W, one example, one feature) match the reference")
+    for name, (B, n_in, n_out) in {"one example": (1, 3, 2), "one output": (4, 3, 1), "one input feature": (4, 1, 3)}.items():
+        with edge(name):
+            x = torch.randn(B, n_in, generator=g, dtype=F64)
+            W = torch.randn(n_out, n_in, generator=g, dtype=F64)
+            _compare_linear_backward(fn, x, W, torch.randn(B, n_out, generator=g, dtype=F64), name)
+    passed(fn, f"all {len(shapes) + 3} random and edge cases (square W, one example, one feature) match the reference")
 
 
 # --------------------------------------------------------------------------- sgd_step
@@ -388,7 +412,11 @@ def _compare_sgd(fn, params, grads, lr, label: str = "", expected=None) -> None:
 
 
 def check_sgd_step(fn, hidden: bool = False) -> None:
-    """sgd_step(params, grads, lr) returns [p - lr * g, ...] and leaves its inputs unchanged."""
+    """sgd_step(params, grads, lr) returns [p - lr * g, ...] and leaves its inputs unchanged.
+
+    Edges the exercise defines, all in the hidden test: lr = 0 (unchanged copies); an empty list;
+    0-d, 1-d and 2-d parameters; a new list returned and the inputs left unchanged.
+    """
     forbid_reference(fn, nn_basics.sgd_step, nn_basics.train_mlp)
     if not hidden:
         params = [torch.tensor([1.0, 2.0], dtype=F64), torch.tensor([[0.5]], dtype=F64)]
@@ -518,7 +546,12 @@ def _rnn_case(g, H, T, d, radius, scale, h0_scale=0.5):
 
 
 def check_rnn_gradient_norms(fn, hidden: bool = False) -> None:
-    """rnn_gradient_norms(W_hh, W_xh, xs, h0) = [||dL/dh_t|| for t = 1..T], L = sum(h_T)."""
+    """rnn_gradient_norms(W_hh, W_xh, xs, h0) = [||dL/dh_t|| for t = 1..T], L = sum(h_T).
+
+    Edges the exercise defines, all in the hidden test: T = 1 (one norm, sqrt(H)); H = 1; zero
+    inputs; vanishing (small weights) and exploding (large weights, saturated tanh) gradients; the norms
+    in time order, h_1 first, as T Python floats.
+    """
     forbid_reference(fn, nn_basics.rnn_gradient_norms, nn_basics.hidden_state_gradients)
     if not hidden:
         one = torch.ones(1, 1, dtype=F64)

@@ -29,6 +29,7 @@ from torch.optim._functional import adam as functional_adam, adamw as functional
 
 from llm_course import losses, optim, trainer
 from llm_course.grading import CheckFailed, call, fail, forbid_reference, passed, seeded, short
+from llm_course.grading.edges import edge
 
 
 def _fmt(values, n: int = 6) -> str:
@@ -126,7 +127,13 @@ def _compare_cross_entropy(fn, logits, targets, ignore_index=-100, label="", che
 
 
 def check_cross_entropy(fn, hidden: bool = False) -> None:
-    """cross_entropy(logits (N, V), targets (N,), ignore_index) = mean of -log_softmax(logits)[target]."""
+    """cross_entropy(logits (N, V), targets (N,), ignore_index) = mean of -log_softmax(logits)[target].
+
+    Edges the exercise defines, all in the hidden test: one position (N = 1) and one class (V = 1, loss 0);
+    padding: positions at ignore_index count neither in the sum nor in the count, whatever ignore_index
+    is (-100, 0), including when all positions but one are padding; stability: logits of ±600, and rows
+    on very different scales (each row subtracts its *own* maximum); float64 logits; the gradient.
+    """
     forbid_reference(fn, losses.cross_entropy, losses.log_softmax, losses.logsumexp)
     _forbid(fn, F.cross_entropy, F.log_softmax, F.nll_loss, torch.log_softmax, torch.logsumexp,
             what="PyTorch's cross_entropy / log_softmax / logsumexp / nll_loss")  # fmt: skip
@@ -161,7 +168,18 @@ def check_cross_entropy(fn, hidden: bool = False) -> None:
     _compare_cross_entropy(fn, logits, torch.randint(0, 20, (4,), generator=g), label="float64 logits")
     logits = torch.randn(8, 40, generator=g) * 200  # differences of hundreds: exp overflows, softmax underflows
     _compare_cross_entropy(fn, logits, torch.randint(0, 40, (8,), generator=g), label="logits spread over ±600")
-    passed(fn, f"all {n + 3} random and edge cases match the reference (gradients too)")
+    edges = {
+        "one position": (torch.randn(1, 6, generator=g), torch.tensor([4]), -100),
+        "one class": (torch.randn(3, 1, generator=g), torch.tensor([0, 0, 0]), -100),
+        "all positions but one are padding": (torch.randn(5, 4, generator=g), torch.tensor([-100, -100, 2, -100, -100]), -100),
+        "ignore_index=3 with targets of -100 absent": (torch.randn(4, 5, generator=g), torch.tensor([3, 1, 3, 4]), 3),
+        "rows on very different scales": (
+            torch.tensor([[1000.0, 999.0, 990.0], [-1000.0, -1001.0, -1010.0]]), torch.tensor([1, 2]), -100),
+    }
+    for name, (logits, targets, ignore_index) in edges.items():
+        with edge(name):
+            _compare_cross_entropy(fn, logits, targets, ignore_index=ignore_index, label=name, check_grad=True)
+    passed(fn, f"all {n + 3 + len(edges)} random and edge cases match the reference (gradients too)")
 
 
 # --------------------------------------------------------------------------- AdamW
@@ -233,7 +251,13 @@ def _compare_adamw(fn, param, grad, m, v, step, lr, betas, eps, wd, label="") ->
 
 
 def check_adamw_step(fn, hidden: bool = False) -> None:
-    """adamw_step(param, grad, m, v, step, lr, betas, eps, weight_decay) -> (param, m, v), one AdamW update."""
+    """adamw_step(param, grad, m, v, step, lr, betas, eps, weight_decay) -> (param, m, v), one AdamW update.
+
+    Edges the exercise defines, all in the hidden test: step counts from 1 (bias correction at step 1
+    makes m_hat = g); weight decay from the *old* parameter, decoupled and scaled by lr; weight_decay = 0;
+    a zero gradient with zero moments (the update is 0, not NaN: eps outside the square root);
+    beta1 = 0; a long run where the bias correction fades; one-element parameters; inputs left unchanged.
+    """
     forbid_reference(fn, optim.adamw_step, optim.AdamW)
     _forbid(fn, torch.optim.AdamW, torch.optim.Adam, functional_adam, functional_adamw, what="PyTorch's Adam / AdamW")
     if not hidden:
@@ -265,7 +289,19 @@ def check_adamw_step(fn, hidden: bool = False) -> None:
     param, m, v = torch.randn(1000, generator=g), torch.zeros(1000), torch.zeros(1000)
     for step in range(1, 51):  # a long run: the bias correction fades, the moments settle
         param, m, v = _compare_adamw(fn, param, torch.randn(1000, generator=g), m, v, step, 0.01, (0.9, 0.95), 1e-8, 0.1)
-    passed(fn, f"{n + 50} updates (chained, 7 settings, up to step 50) match the reference")
+    zeros = torch.zeros(4)
+    edges = {
+        "a zero gradient and zero moments at step 1": (
+            torch.randn(4, generator=g), zeros, zeros, zeros, 1, 0.1, (0.9, 0.999), 1e-8, 0.0),
+        "weight decay on a large parameter with a tiny gradient": (
+            torch.full((4,), 50.0), torch.full((4,), 1e-6), zeros, zeros, 2, 0.1, (0.9, 0.999), 1e-8, 0.1),
+        "one-element parameter at step 1000": (torch.tensor([0.3]), torch.tensor([-2.0]), torch.tensor([0.5]),
+                                               torch.tensor([0.7]), 1000, 1e-3, (0.9, 0.95), 1e-8, 0.01),
+    }
+    for name, args in edges.items():
+        with edge(name):
+            _compare_adamw(fn, *args, label=name)
+    passed(fn, f"{n + 50 + len(edges)} updates (chained, 7 settings, up to step 1000) match the reference")
 
 
 # --------------------------------------------------------------------------- schedule
@@ -315,7 +351,12 @@ def _compare_schedule(fn, warmup, total, max_lr, min_lr, steps) -> None:
 
 
 def check_warmup_cosine(fn, hidden: bool = False) -> None:
-    """warmup_cosine(step, warmup, total, max_lr, min_lr): linear warmup, half-cosine decay, then min_lr."""
+    """warmup_cosine(step, warmup, total, max_lr, min_lr): linear warmup, half-cosine decay, then min_lr.
+
+    Edges the exercise defines, all in the hidden test: step 0 (lr 0); step == warmup (max_lr, the first
+    step of the cosine); step == total (min_lr) and after it (clamped); warmup = 0 (no warmup: step 0 is
+    already max_lr); total == warmup (p = 0 at that step, no division by zero); warmup = 1.
+    """
     forbid_reference(fn, optim.warmup_cosine, optim.warmup_cosine_scheduler)
     if not hidden:
         # warmup 10, total 110, from 1.0 down to 0.1: 0, 0.5, 1.0, then 0.55 halfway, 0.1 at the end and after.
@@ -334,6 +375,15 @@ def check_warmup_cosine(fn, hidden: bool = False) -> None:
         n += 1
     _compare_schedule(fn, 0, 50, 1e-3, 1e-4, [0, 1, 25, 49, 50, 60])  # no warmup
     _compare_schedule(fn, 10, 10, 1e-3, 0.0, [0, 5, 10, 11])  # no decay phase
+    edges = {
+        "total == warmup: max_lr at that step, min_lr after": (4, 4, 0.5, 0.05, [3, 4, 5]),
+        "warmup = 0 and total = 1": (0, 1, 0.5, 0.05, [0, 1, 2]),
+        "warmup = 1": (1, 3, 0.5, 0.05, [0, 1, 2, 3, 4]),
+    }
+    for name, (warmup, total, max_lr, min_lr, steps) in edges.items():
+        with edge(name):
+            _compare_schedule(fn, warmup, total, max_lr, min_lr, steps)
+    n += len(edges)
     passed(fn, f"all {n + 2} schedules (random sizes, no warmup, no decay) match the reference at every step tested")
 
 
@@ -394,7 +444,12 @@ def _compare_clip(fn, grads, max_norm, label="") -> None:
 
 
 def check_clip_grad_norm(fn, hidden: bool = False) -> None:
-    """clip_grad_norm(grads, max_norm) -> (grads scaled by min(1, max_norm / norm), norm before clipping)."""
+    """clip_grad_norm(grads, max_norm) -> (grads scaled by min(1, max_norm / norm), norm before clipping).
+
+    Edges the exercise defines, all in the hidden test: a norm below max_norm (unchanged) and above it;
+    the *global* norm over tensors of different shapes (one factor for all); a single tensor and a
+    one-element tensor; all-zero gradients (no division by zero); a float64 gradient; huge and tiny norms.
+    """
     forbid_reference(fn, optim.clip_grad_norm, optim.clip_grad_norm_, optim.grad_norm)
     _forbid(fn, torch.nn.utils.clip_grad_norm_, torch.nn.utils.get_total_norm, torch.nn.utils.clip_grads_with_norm_,
             what="PyTorch's clip_grad_norm_ / get_total_norm")  # fmt: skip
@@ -415,6 +470,9 @@ def check_clip_grad_norm(fn, hidden: bool = False) -> None:
         n += 1
     _compare_clip(fn, [torch.zeros(5), torch.zeros(2, 2)], 1.0, label="all-zero gradients")
     _compare_clip(fn, [torch.randn(3, generator=g, dtype=torch.float64) * 50], 1.0, label="a float64 gradient")
+    with edge("a one-element gradient among others"):
+        _compare_clip(fn, [torch.tensor([12.0]), torch.randn(2, 3, generator=g)], 2.0, label="[12] and a (2, 3) gradient")
+    n += 1
     passed(fn, f"all {n + 2} random and edge cases (tiny and huge norms, zero gradients) match the reference")
 
 
@@ -474,7 +532,13 @@ def _says(fn, value, history, threshold, min_history) -> bool | None:
 
 
 def check_is_spike(fn, hidden: bool = False) -> None:
-    """is_spike(value, history, threshold, min_history): NaN/inf, or more than threshold std above the mean."""
+    """is_spike(value, history, threshold, min_history): NaN/inf, or more than threshold std above the mean.
+
+    Edges the exercise defines, all in the hidden test: a value exactly at mean + threshold * std is
+    *not* a spike (strictly greater); just above it is; NaN, +inf and -inf always are, even with an empty
+    history; exactly min_history values (judged) and one fewer (never a spike); zero spread (anything
+    above the mean is a spike, the mean itself is not); far below the mean is not; population std.
+    """
     forbid_reference(fn, trainer.is_spike, trainer.SpikeDetector)
     history = [2.0, 2.2, 1.8, 2.0, 2.2, 1.8, 2.0, 2.0]  # mean 2.0, population std 0.1414
     if not hidden:
@@ -506,11 +570,22 @@ def check_is_spike(fn, hidden: bool = False) -> None:
             value = center
         _compare_is_spike(fn, value, hist, threshold, min_history)
         n += 1
-    edge = [
+    edge_cases = [
         (float("nan"), history, 4.0, 5), (float("-inf"), history, 4.0, 5), (float("nan"), [], 6.0, 20),
         (2.0001, [2.0] * 10, 3.0, 5), (2.0, [2.0] * 10, 3.0, 5),  # zero spread: anything above the mean is a spike
         (3.0, history[:5], 4.0, 5), (3.0, history[:4], 4.0, 5),  # exactly min_history values, and one fewer
     ]  # fmt: skip
-    for args in edge:
+    for args in edge_cases:
         _compare_is_spike(fn, *args)
-    passed(fn, f"all {n + len(edge)} random and edge cases (NaN, -inf, zero spread, min_history) match the reference")
+    # Exactly representable: mean 2, population std 1; [0, 4] has mean 2, std 2.
+    at_threshold = {
+        "a value exactly at mean + threshold * std": (4.0, [1.0, 3.0] * 3, 2.0, 6),
+        "a value exactly at the threshold, another history": (5.0, [0.0, 4.0], 1.5, 2),
+        "just above the threshold": (4.0 + 1e-9, [1.0, 3.0] * 3, 2.0, 6),
+        "a value at the mean with zero spread": (7.0, [7.0] * 5, 3.0, 5),
+    }
+    for name, args in at_threshold.items():
+        with edge(name):
+            _compare_is_spike(fn, *args, label=name)
+    n += len(at_threshold)
+    passed(fn, f"all {n + len(edge_cases)} random and edge cases (NaN, -inf, zero spread, min_history) match the reference")

@@ -27,6 +27,7 @@ import torch
 
 from llm_course import scaling
 from llm_course.grading import call, fail, forbid_reference, passed, short
+from llm_course.grading.edges import edge
 from llm_course.scaling import CHINCHILLA, ChinchillaLaw, non_embedding_parameters
 from llm_course.transformer import TransformerConfig, count_parameters, gpt2_medium, gpt2_small, llama2_7b, seeds_70b
 
@@ -95,7 +96,7 @@ def _flops_hint(config: TransformerConfig, include_head: bool, got: float) -> st
 
 
 def _compare_flops(fn, config: TransformerConfig, include_head: bool) -> None:
-    want = scaling.flops_per_token(config, include_head)
+    want = scaling.kaplan_flops_per_token(config, include_head)
     got = _number(fn, call(fn, config, include_head=include_head), "the FLOPs per token")
     if not _close(got, want):
         fail(
@@ -124,9 +125,20 @@ def _random_config(rng: random.Random) -> TransformerConfig:
     return TransformerConfig(**base, tie_embeddings=(kind == "gpt"), bias=rng.random() < 0.7)
 
 
+def _replace(config: TransformerConfig, **changes) -> TransformerConfig:
+    import dataclasses
+
+    return dataclasses.replace(config, **changes)
+
+
 def check_flops_per_token(fn, hidden: bool = False) -> None:
-    """flops_per_token(config, include_head=False): 3 x (2 N + 2 n_layers n_ctx d_model [+ 2 d_model V])."""
-    forbid_reference(fn, scaling.flops_per_token)
+    """flops_per_token(config, include_head=False): 3 x (2 N + 2 n_layers n_ctx d_model [+ 2 d_model V]).
+
+    Edges the exercise defines, all in the hidden test: include_head left at its default (False);
+    the head counted with include_head=True even when it is tied to the embedding (weights shared,
+    FLOPs not); learned positions (their table is not in N); context_length 1 and one layer.
+    """
+    forbid_reference(fn, scaling.kaplan_flops_per_token)
     if not hidden:
         cases = [(WORKED_CONFIG, False), (WORKED_CONFIG, True), (gpt2_small(), False), (gpt2_small(), True)]
         for config, include_head in cases:
@@ -138,8 +150,15 @@ def check_flops_per_token(fn, hidden: bool = False) -> None:
     for config in configs:
         for include_head in (False, True):
             _compare_flops(fn, config, include_head)
+    for name, config in {
+        "a tied head with include_head=True": _replace(gpt2_small(), tie_embeddings=True),
+        "learned positions, context_length 1, one layer": _replace(gpt2_small(), context_length=1, n_layers=1),
+    }.items():
+        with edge(name):
+            _compare_flops(fn, config, True)
+            _compare_flops(fn, config, False)
     got = _number(fn, call(fn, gpt2_small()), "the FLOPs per token")
-    if not _close(got, scaling.flops_per_token(gpt2_small())):
+    if not _close(got, scaling.kaplan_flops_per_token(gpt2_small())):
         fail("flops_per_token(config) without include_head should leave the head out (include_head=False by default).")
     passed(fn, f"all {2 * len(configs) + 1} configurations (GPT-2, Llama 2 7B, the seeds' 70B, random) match the reference")
 
@@ -179,7 +198,12 @@ def _compare_fit(fn, x, y) -> None:
 
 
 def check_fit_power_law(fn, hidden: bool = False) -> None:
-    """fit_power_law(x, y) -> (a, b) with y = a x^b, least squares on (log x, log y)."""
+    """fit_power_law(x, y) -> (a, b) with y = a x^b, least squares on (log x, log y).
+
+    Edges the exercise defines, all in the hidden test: two points (an exact fit); a constant y
+    (b = 0); lists of ints, tuples, NumPy arrays and tensors; x not sorted (the order of the points does
+    not matter, pairs stay pairs); x spanning 17 orders of magnitude; Python floats returned.
+    """
     forbid_reference(fn, scaling.fit_power_law)
     if not hidden:
         x = [1.0, 4.0, 16.0, 64.0]
@@ -205,6 +229,15 @@ def check_fit_power_law(fn, hidden: bool = False) -> None:
     cases.append((n, (8.8e13 / n) ** 0.076 * np.exp(rng.normal(0, 0.01, 9))))  # Kaplan's L(N) with 1% noise
     for x, y in cases:
         _compare_fit(fn, x, y)
+    edges = {
+        "lists of ints": ([1, 10, 100, 1000], [50, 20, 9, 4]),
+        "tuples": ((2.0, 3.0, 5.0, 7.0), (0.9, 0.7, 0.6, 0.45)),
+        "x not sorted": ([100.0, 1.0, 1e4, 10.0], [2.0, 9.0, 0.5, 4.0]),
+    }
+    for name, (x, y) in edges.items():
+        with edge(name):
+            _compare_fit(fn, x, y)
+    cases += list(edges.values())
     passed(fn, f"all {len(cases)} noisy and edge cases (lists, arrays, tensors; 2 points; a constant) match the reference")
 
 
@@ -252,7 +285,11 @@ def _compare_optimal(fn, compute: float, law: ChinchillaLaw | None) -> None:
 
 
 def check_chinchilla_optimal(fn, hidden: bool = False) -> None:
-    """chinchilla_optimal(compute, law) -> (N, D) minimizing law's loss with 6 N D = compute."""
+    """chinchilla_optimal(compute, law) -> (N, D) minimizing law's loss with 6 N D = compute.
+
+    Edges the exercise defines, all in the hidden test: the default law; alpha == beta with A != B;
+    a budget of 6 FLOPs (C / 6 = 1: N = G, D = 1 / G); budgets up to 1e27; 6 N D equal to the budget.
+    """
     forbid_reference(fn, scaling.chinchilla_optimal)
     if not hidden:
         symmetric = ChinchillaLaw(E=1.0, A=100.0, B=100.0, alpha=0.3, beta=0.3)
@@ -271,4 +308,12 @@ def check_chinchilla_optimal(fn, hidden: bool = False) -> None:
         cases.append((10 ** rng.uniform(12, 27), law))
     for compute, law in cases:
         _compare_optimal(fn, compute, law)
+    edges = {
+        "alpha == beta with A != B": (1e21, ChinchillaLaw(E=1.5, A=400.0, B=50.0, alpha=0.3, beta=0.3)),
+        "a budget of 6 FLOPs (C / 6 = 1)": (6.0, ChinchillaLaw(E=1.0, A=300.0, B=20.0, alpha=0.4, beta=0.2)),
+    }
+    for name, (compute, law) in edges.items():
+        with edge(name):
+            _compare_optimal(fn, compute, law)
+    cases += list(edges.values())
     passed(fn, f"all {len(cases)} budgets and laws (the default law included) match the reference")

@@ -21,6 +21,7 @@ from functools import lru_cache
 from llm_course import bpe
 from llm_course.data import default_corpus
 from llm_course.grading import call, fail, forbid_reference, passed, short
+from llm_course.grading.edges import edge
 from llm_course.tokenizer import Tokenizer
 
 # The worked example from the BPE literature (Gage 1994; Wikipedia's "Byte pair encoding").
@@ -101,7 +102,12 @@ def _compare_pair_counts(fn, ids) -> None:
 
 
 def check_get_pair_counts(fn, hidden: bool = False) -> None:
-    """get_pair_counts(ids) counts each adjacent pair, overlapping occurrences included."""
+    """get_pair_counts(ids) counts each adjacent pair, overlapping occurrences included.
+
+    Edges the exercise defines, all in the hidden test: the empty list and a single id (no pairs);
+    overlapping runs (``[5, 5, 5]`` holds ``(5, 5)`` twice); the last pair; multi-digit and large ids
+    (``[1, 12]`` and ``[11, 2]`` are different pairs, ids above 255).
+    """
     forbid_reference(fn, bpe.get_pair_counts)
     if not hidden:
         cases = [[1, 2, 3, 1, 2], [], [7], [5, 5, 5], [104, 101, 108, 108, 111]]
@@ -114,6 +120,17 @@ def check_get_pair_counts(fn, hidden: bool = False) -> None:
     cases += [[300, 1000, 300, 1000, 300], list(range(500)), [9] * 50]
     for ids in cases:
         _compare_pair_counts(fn, ids)
+    edges = {
+        "empty list": [],
+        "a single id": [42],
+        "overlapping run of one id": [5, 5, 5, 5],
+        "multi-digit ids that read alike as text": [1, 12, 11, 2, 1, 12],
+        "large ids": [256, 1000, 70000, 256, 1000],
+    }
+    for name, ids in edges.items():
+        with edge(name):
+            _compare_pair_counts(fn, ids)
+    cases += list(edges.values())
     passed(fn, f"all {len(cases)} random and edge cases match the reference")
 
 
@@ -126,7 +143,10 @@ def _compare_merge(fn, ids, pair, new_id) -> None:
     if got == want:
         return
     hint = ""
-    if len(got) == len(ids):
+    if any(x not in ids and x != new_id for x in got):
+        hint = (f" (ids appeared that were neither in the input nor {new_id}: compare whole ids as ints, "
+                "never their digits as text; ids can have several digits)")
+    elif len(got) == len(ids):
         hint = " (nothing was merged: compare ids[i] and ids[i + 1] with the pair)"
     elif got.count(new_id) == 1 and want.count(new_id) > 1:
         hint = " (only the first occurrence was merged: replace every occurrence)"
@@ -138,7 +158,13 @@ def _compare_merge(fn, ids, pair, new_id) -> None:
 
 
 def check_merge(fn, hidden: bool = False) -> None:
-    """merge(ids, pair, new_id) replaces non-overlapping occurrences, left to right."""
+    """merge(ids, pair, new_id) replaces non-overlapping occurrences, left to right.
+
+    Edges the exercise defines, all in the hidden test: overlapping runs (``[7, 7, 7]`` merges the
+    first two only); the pair at the start and at the very end; no occurrence; the empty list and a
+    single id; multi-digit and large ids (pair ``(1, 2)`` must not match ``[11, 2]`` or ``[1, 21]``,
+    pair ``(256, 1000)`` works like any other); and the input list is left unchanged.
+    """
     forbid_reference(fn, bpe.merge)
     if not hidden:
         cases = [
@@ -166,6 +192,22 @@ def check_merge(fn, hidden: bool = False) -> None:
     cases += [([7] * 4, (7, 7), 300), ([7] * 5, (7, 7), 300), ([1, 7, 7], (7, 7), 300), ([7, 7, 1], (7, 7), 300)]
     for args in cases:
         _compare_merge(fn, *args)
+    edges = {
+        "empty list": ([], (1, 2), 300),
+        "a single id": ([1], (1, 2), 300),
+        "multi-digit ids whose digits contain the pair": ([11, 2, 1, 21, 12, 1, 2], (1, 2), 300),
+        "multi-digit ids, pair of multi-digit ids": ([1, 12, 11, 2, 11, 2], (11, 2), 300),
+        "large ids": ([256, 1000, 256, 1000, 1000, 256, 2560, 1000], (256, 1000), 70000),
+        "new id smaller than the merged ids": ([300, 301, 5, 300, 301], (300, 301), 7),
+    }
+    for name, args in edges.items():
+        with edge(name):
+            _compare_merge(fn, *args)
+            ids = list(args[0])
+            call(fn, ids, args[1], args[2], copy_args=False)
+            if ids != args[0]:
+                fail(f"merge modified the list it was given (it became {short(ids)}); build and return a new list")
+    cases += list(edges.values())
     passed(fn, f"all {len(cases)} random and edge cases match the reference")
 
 
@@ -219,7 +261,14 @@ def _compare_train(fn, text: str, vocab_size: int) -> None:
 
 
 def check_train(fn, hidden: bool = False) -> None:
-    """train(text, vocab_size) learns vocab_size - 256 merges on GPT-2 chunks, smallest pair on ties."""
+    """train(text, vocab_size) learns vocab_size - 256 merges on GPT-2 chunks, smallest pair on ties.
+
+    Edges the exercise defines, all in the hidden test: ties at the first merge between pairs in
+    any order of appearance (the smallest tuple wins, not the first seen); ties between pairs with
+    multi-digit ids (tuples compare as numbers: ``(98, 256) < (256, 98)``); ``vocab_size = 256``
+    (no merges); stopping early when every chunk is one token (a one-letter text, an empty text);
+    merges never crossing chunk boundaries.
+    """
     forbid_reference(fn, bpe.train_bpe, bpe.train_bpe_naive, Tokenizer.train)
     if not hidden:
         cases = [(WORKED_TEXT, 259), ("hug hugs pug pun bun", 262), ("ab ab", 256)]
@@ -231,6 +280,16 @@ def check_train(fn, hidden: bool = False) -> None:
     cases = [(s, 256 + 40) for s in slices] + [("aaaa aaaa bbbb", 270), ("x", 300), ("", 260)]
     for text, vocab_size in cases:
         _compare_train(fn, text, vocab_size)
+    edges = {
+        "a tie where the smallest pair is not the first seen": ("baab", 257),
+        "a tie between pairs of multi-digit ids": ("aabaa", 258),
+        "vocab_size 256: no merges": ("hello hello", 256),
+        "stop early: every chunk is one token": ("ab ab", 400),
+    }
+    for name, (text, vocab_size) in edges.items():
+        with edge(name):
+            _compare_train(fn, text, vocab_size)
+    cases += list(edges.values())
     passed(fn, f"all {len(cases)} random and edge cases match the reference")
 
 
@@ -258,7 +317,13 @@ def _compare_encode(fn, text: str, merges: dict) -> None:
 
 
 def check_encode(fn, hidden: bool = False) -> None:
-    """encode(text, merges): UTF-8 bytes, GPT-2 chunks, lowest-ranked merge first."""
+    """encode(text, merges): UTF-8 bytes, GPT-2 chunks, lowest-ranked merge first.
+
+    Edges the exercise defines, all in the hidden test: the empty text and one-byte chunks; merges
+    given in any dict order (the lowest new id goes first, whatever the order); a merge whose pair
+    only appears after an earlier merge (repeat until nothing applies); multi-byte UTF-8 characters;
+    chunk boundaries.
+    """
     forbid_reference(fn, bpe.encode, bpe.encode_chunk, Tokenizer.encode, Tokenizer.encode_ordinary)
     if not hidden:
         got = _check_ids_list(fn, call(fn, WORKED_TEXT, WORKED_MERGES), "the token ids")
@@ -272,6 +337,17 @@ def check_encode(fn, hidden: bool = False) -> None:
     texts = _random_corpus_slices(seed=5, n=8, length=300) + UNSEEN_TEXTS
     for text in texts:
         _compare_encode(fn, text, merges)
+    reversed_worked = dict(reversed(list(WORKED_MERGES.items())))
+    edges = {
+        "empty text": ("", merges),
+        "one-byte chunks": ("a b c", merges),
+        "merges listed from the highest id down": (WORKED_TEXT + " " + WORKED_TEXT, reversed_worked),
+        "a lower-ranked pair that only appears after a merge": ("aaaab", {(97, 98): 256, (97, 97): 257, (257, 256): 258}),
+    }
+    for name, (text, edge_merges) in edges.items():
+        with edge(name):
+            _compare_encode(fn, text, edge_merges)
+    texts += [text for text, _ in edges.values()]
     passed(fn, f"all {len(texts)} texts (corpus, code, emoji, CJK, spaces, numbers) match the reference")
 
 
@@ -294,7 +370,13 @@ def _compare_decode(fn, ids: list[int], merges: dict) -> None:
 
 
 def check_decode(fn, hidden: bool = False) -> None:
-    """decode(ids, merges): join the tokens' bytes, then UTF-8 with replacement characters."""
+    """decode(ids, merges): join the tokens' bytes, then UTF-8 with replacement characters.
+
+    Edges the exercise defines, all in the hidden test: the empty list; a character whose bytes are
+    split across tokens (decode once, not per token); bytes that are not valid UTF-8 at all (U+FFFD,
+    never a crash); merges given in any dict order (build the vocabulary in order of the ids);
+    ids of merges built from other merges.
+    """
     forbid_reference(fn, bpe.decode, bpe.build_vocab, Tokenizer.decode, Tokenizer.decode_bytes)
     if not hidden:
         cases = [(WORKED_IDS, WORKED_MERGES), ([], WORKED_MERGES), ([195, 169], {}), ([0xFF, 104, 105], {})]
@@ -310,4 +392,16 @@ def check_decode(fn, hidden: bool = False) -> None:
     merges = _shuffled(tok.merges, seed=9)
     for ids in cases:
         _compare_decode(fn, ids, merges)
+    euro = list("€".encode())  # 3 bytes: e2 82 ac
+    split_merges = {(euro[0], euro[1]): 256, (256, euro[2]): 257}
+    edges = {
+        "empty list": ([], merges),
+        "a character split across tokens": ([256, euro[2], 104], split_merges),
+        "invalid UTF-8 only": ([0xFF, 0xFE, 0x80], {}),
+        "merges listed from the highest id down": ([257, 257], dict(reversed(list(split_merges.items())))),
+    }
+    for name, (ids, edge_merges) in edges.items():
+        with edge(name):
+            _compare_decode(fn, ids, edge_merges)
+    cases += [ids for ids, _ in edges.values()]
     passed(fn, f"all {len(cases)} id sequences (real text and random, invalid UTF-8) match the reference")

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from llm_course import distributed as D
 from llm_course.grading import CheckFailed, call, fail, forbid_reference, passed, short
+from llm_course.grading.edges import edge
 
 
 def _show(t: torch.Tensor) -> str:
@@ -77,11 +78,16 @@ class _FakeGroup:
              "reduce p.grad itself, then divide it")  # fmt: skip
 
 
-def _grad_case(model: nn.Module, world_size: int, g: torch.Generator, scale: float = 1.0):
-    """Give `model` (rank 0) random gradients; returns the other ranks' sum and the expected mean."""
+def _grad_case(model: nn.Module, world_size: int, g: torch.Generator, scale: float = 1.0, no_grad=()):
+    """Give `model` (rank 0) random gradients; returns the other ranks' sum and the expected mean.
+
+    Parameters named in `no_grad` stay trainable but get no gradient (.grad None), like a
+    parameter the loss did not use on this step.
+    """
     others, expected = {}, {}
     for name, p in model.named_parameters():
-        if not p.requires_grad:
+        if not p.requires_grad or name in no_grad:
+            p.grad = None
             continue
         local = (torch.randn(p.shape, generator=g) * scale).round(decimals=2)
         rest = [(torch.randn(p.shape, generator=g) * scale).round(decimals=2) for _ in range(world_size - 1)]
@@ -91,8 +97,8 @@ def _grad_case(model: nn.Module, world_size: int, g: torch.Generator, scale: flo
     return others, expected
 
 
-def _compare_average(fn, model: nn.Module, world_size: int, g: torch.Generator, what: str) -> None:
-    others, expected = _grad_case(model, world_size, g)
+def _compare_average(fn, model: nn.Module, world_size: int, g: torch.Generator, what: str, no_grad=()) -> None:
+    others, expected = _grad_case(model, world_size, g, no_grad=no_grad)
     local = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     weights = {n: p.detach().clone() for n, p in model.named_parameters()}
     group = _FakeGroup(model, others)
@@ -113,7 +119,7 @@ def _compare_average(fn, model: nn.Module, world_size: int, g: torch.Generator, 
                  "comes after")  # fmt: skip
         if pname not in expected:
             if p.grad is not None:
-                fail(f"{args} gave {pname!r}, which had no gradient (requires_grad=False), a gradient: leave "
+                fail(f"{args} gave {pname!r}, which had no gradient (.grad None), a gradient: leave "
                      "parameters whose .grad is None alone")  # fmt: skip
             continue
         if p.grad is None:
@@ -141,7 +147,13 @@ def _frozen_mlp(g: torch.Generator) -> nn.Module:
 
 
 def check_average_gradients(fn, hidden: bool = False) -> None:
-    """average_gradients(model, world_size, all_reduce) leaves the mean gradient over the ranks."""
+    """average_gradients(model, world_size, all_reduce) leaves the mean gradient over the ranks.
+
+    Edges the exercise defines, all in the hidden test: world_size = 1 (the mean of one rank); a frozen
+    parameter (requires_grad=False) and a *trainable* parameter whose .grad is None because the loss
+    did not use it (both skipped, neither crashes nor gets a gradient); every other gradient reduced
+    exactly once, in place, with SUM then divided; the weights unchanged; None returned.
+    """
     forbid_reference(fn, D.average_gradients)
     if not hidden:
         # 2 ranks: this rank's gradient [1, 2], the other's [3, 6] -> mean [2, 4].
@@ -167,6 +179,11 @@ def check_average_gradients(fn, hidden: bool = False) -> None:
         _compare_average(fn, nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3)), world_size, g,
                          f"a 2-layer MLP, {world_size} rank{'s' if world_size > 1 else ''}")  # fmt: skip
     _compare_average(fn, _frozen_mlp(g), 3, g, "an MLP with a frozen bias (its .grad is None)")
+    with edge("a trainable parameter that got no gradient"):
+        _compare_average(fn, _WithUnused(), 2, g, "a trainable parameter the loss did not use: its .grad is None",
+                         no_grad={"unused"})  # fmt: skip
+    with edge("every parameter without a gradient"):
+        _compare_average(fn, nn.Linear(3, 2), 4, g, "no parameter has a gradient yet", no_grad={"weight", "bias"})
     tiny = D.Transformer(D.demo_config(), generator=torch.Generator().manual_seed(1))
     _compare_average(fn, tiny, 2, g, "the chapter's tiny GPT, 2 ranks")
     passed(fn, "MLPs on 1 to 8 ranks, a frozen parameter and a tiny GPT all end with the mean gradient")
@@ -179,6 +196,10 @@ def _mse(model, x, y):
 
 def _cross_entropy(model, x, y):
     return F.cross_entropy(model(x), y)
+
+
+def _summed_cross_entropy(model, x, y):
+    return F.cross_entropy(model(x), y, reduction="sum")
 
 
 class _WithUnused(nn.Module):
@@ -218,12 +239,16 @@ def _dp_mistakes(model, loss_fn, inputs, targets, world_size):
     ]  # fmt: skip
 
 
-def _compare_dp(fn, model, loss_fn, inputs, targets, world_size: int, what: str) -> None:
+def _compare_dp(fn, model, loss_fn, inputs, targets, world_size: int, what: str, mean_loss: bool = True) -> None:
+    """`mean_loss`: the loss is a mean over the examples of equal slices, so the answer equals the
+    gradient on the whole batch; otherwise (a sum, or a mean over a different number of tokens on
+    each rank) it is only the mean of the ranks' gradients."""
     name = getattr(fn, "__name__", "data_parallel_gradients")
     args = f"{name}(model, loss_fn, inputs of shape {tuple(inputs.shape)}, targets, world_size={world_size}) ({what})"
     want = D.data_parallel_gradients(model, loss_fn, inputs, targets, world_size)
     full = _full_batch_gradients(model, loss_fn, inputs, targets)
-    assert all(_close(a, b, atol=1e-5) for a, b in zip(want, full))  # the equivalence the exercise is about
+    equal = all(_close(a, b, atol=1e-5) for a, b in zip(want, full))
+    assert equal == mean_loss  # the equivalence the exercise is about, and where it stops
     before = {k: v.clone() for k, v in model.state_dict().items()}
     got = call(fn, model, loss_fn, inputs, targets, world_size, copy_args=False)
     for k, v in model.state_dict().items():
@@ -244,16 +269,29 @@ def _compare_dp(fn, model, loss_fn, inputs, targets, world_size: int, what: str)
                  f"{tuple(g.shape) if isinstance(g, torch.Tensor) else type(g).__name__}")  # fmt: skip
         if not _close(g, w, atol=1e-5, rtol=1e-4):
             hint = ""
-            for text, mistake in _dp_mistakes(model, loss_fn, inputs, targets, world_size):
+            mistakes = _dp_mistakes(model, loss_fn, inputs, targets, world_size)
+            if not mean_loss:
+                mistakes.insert(0, (
+                    "the gradient on the whole batch, which equals the ranks' mean only for a mean loss over equal "
+                    "slices: here it is not, so compute each rank's gradient on its slice and average them", full))  # fmt: skip
+            for text, mistake in mistakes:
                 if _close(g, mistake[i], atol=1e-5, rtol=1e-4):
                     hint = f" ({text})"
                     break
-            fail(f"{args}: the gradient of {pname!r} should equal the gradient on the whole batch, "
+            should = "the gradient on the whole batch" if mean_loss else "the mean of the ranks' gradients"
+            fail(f"{args}: the gradient of {pname!r} should equal {should}, "
                  f"{_show(w.flatten()[:5])}..., got {_show(g.flatten()[:5])}...{hint}")  # fmt: skip
 
 
 def check_data_parallel_gradients(fn, hidden: bool = False) -> None:
-    """data_parallel_gradients(...) averages per-slice gradients and so equals the combined-batch gradient."""
+    """data_parallel_gradients(...) averages per-slice gradients and so equals the combined-batch gradient.
+
+    Edges the exercise defines, all in the hidden test: world_size = 1; a *sum* loss (the ranks' mean is
+    the whole batch's gradient / world_size, not the whole batch's gradient); a mean over tokens whose
+    padding is spread unevenly over the ranks (slices that count different numbers of tokens: again
+    the ranks' mean, not the whole batch's gradient); a parameter the loss does not use and a frozen one
+    (zeros); the model left unchanged; one tensor per parameter in model.parameters() order.
+    """
     forbid_reference(fn, D.data_parallel_gradients, D.average_gradients)
     if not hidden:
         # y = w x with w = 0, squared error: on (x, y) pairs (1, 2) and (3, 0), the slices' gradients
@@ -289,7 +327,24 @@ def check_data_parallel_gradients(fn, hidden: bool = False) -> None:
     tiny = D.Transformer(D.demo_config(), generator=torch.Generator().manual_seed(2))
     inputs, targets = D.demo_data(batch_size=4, seed=3)
     _compare_dp(fn, tiny, D.lm_loss, inputs, targets, 2, "the chapter's tiny GPT, 4 sequences on 2 ranks")
-    passed(fn, "MLPs on 1 to 6 ranks, an unused parameter and a tiny GPT match the combined batch's gradient")
+    with edge("world_size = 1"):
+        _compare_dp(fn, nn.Linear(3, 2), _mse, torch.randn(3, 3, generator=g), torch.randn(3, 2, generator=g), 1,
+                    "one rank: the whole batch")  # fmt: skip
+    with edge("a sum loss"):
+        x, y = torch.randn(6, 5, generator=g), torch.randint(0, 4, (6,), generator=g)
+        _compare_dp(fn, nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 4)), _summed_cross_entropy, x, y, 3,
+                    "an MLP, a cross-entropy summed over the examples, 6 examples on 3 ranks", mean_loss=False)  # fmt: skip
+    with edge("padding spread unevenly over the ranks"):
+        x, y = torch.randn(8, 5, generator=g), torch.randint(0, 4, (8,), generator=g)
+        y[:3] = -100  # rank 0 of 2 scores 1 example, rank 1 scores 4
+        _compare_dp(fn, nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 4)), _cross_entropy, x, y, 2,
+                    "cross-entropy with ignored targets: rank 0 scores 1 example, rank 1 scores 4", mean_loss=False)  # fmt: skip
+    with edge("a frozen parameter"):
+        frozen = _WithUnused()
+        frozen.linear.bias.requires_grad_(False)
+        _compare_dp(fn, frozen, _mse, torch.randn(4, 3, generator=g), torch.randn(4, 2, generator=g), 2,
+                    "a frozen bias and an unused parameter: zeros for both")  # fmt: skip
+    passed(fn, "MLPs on 1 to 6 ranks, sum and uneven losses, unused and frozen parameters and a tiny GPT are right")
 
 
 # --------------------------------------------------------------------------- memory_per_device
@@ -330,7 +385,12 @@ def _compare_memory(fn, P, N, strategy, kwargs: dict, what: str) -> None:
 
 
 def check_memory_per_device(fn, hidden: bool = False) -> None:
-    """memory_per_device(...) equals llm_course.distributed.memory_per_device."""
+    """memory_per_device(...) equals llm_course.distributed.memory_per_device.
+
+    Edges the exercise defines, all in the hidden test: n_devices = 1 (every strategy holds everything);
+    byte counts that all differ (1, 3, 7), so that using one in place of another shows; zero optimizer
+    bytes; each strategy's own sharding (stage 1 the optimizer, 2 also the gradients, 3 everything).
+    """
     forbid_reference(fn, D.memory_per_device)
     if not hidden:
         # The ZeRO paper's example: 7.5B parameters, 64 devices -> 120, 31.4, 16.6, 1.9 GB.
@@ -350,4 +410,9 @@ def check_memory_per_device(fn, hidden: bool = False) -> None:
                              {"param_bytes": 2, "grad_bytes": 4, "optimizer_bytes": 12}])  # fmt: skip
         for strategy in D.STRATEGIES:
             _compare_memory(fn, P, N, strategy, kwargs, "random sizes and byte counts")
+    for N in (1, 5):
+        for kwargs in ({"param_bytes": 1, "grad_bytes": 3, "optimizer_bytes": 7}, {"optimizer_bytes": 0}):
+            with edge(f"{N} device{'s' if N > 1 else ''}, bytes {kwargs}"):
+                for strategy in D.STRATEGIES:
+                    _compare_memory(fn, 1000, N, strategy, kwargs, "distinct byte counts")
     passed(fn, "random model sizes, device counts and byte counts for all four strategies")

@@ -28,7 +28,10 @@ from collections.abc import Callable
 import torch
 
 from llm_course import norms, transformer
-from llm_course.grading import call, fail, first_difference, forbid_reference, passed, short
+from llm_course.grading import call, expect_tensor, fail, first_difference, forbid_reference, passed, short
+from llm_course.grading.edges import edge, expect_dtype
+
+edge_case = edge  # where a check's local list is already named `edge`
 from llm_course.rope import RotaryEmbedding
 from llm_course.transformer import Block, Transformer, TransformerConfig
 
@@ -118,7 +121,12 @@ def _compare_layer_norm(fn, x, weight=None, bias=None, eps=1e-5, expected=None, 
 
 
 def check_layer_norm(fn, hidden: bool = False) -> None:
-    """layer_norm(x, weight, bias, eps) normalizes the last dimension: (x - mean) / sqrt(var + eps) * w + b."""
+    """layer_norm(x, weight, bias, eps) normalizes the last dimension: (x - mean) / sqrt(var + eps) * w + b.
+
+    Edges the exercise defines, all in the hidden test: C = 1 and C = 2; weight and/or bias None;
+    a constant row (variance 0 gives bias, not NaN: eps inside the square root); the biased variance;
+    tiny and large scales; any number of leading dimensions; float64 and bfloat16 inputs keep their dtype.
+    """
     forbid_reference(
         fn, norms.layer_norm, norms.LayerNorm, torch.nn.functional.layer_norm, torch.nn.LayerNorm, torch.layer_norm
     )
@@ -157,6 +165,12 @@ def check_layer_norm(fn, hidden: bool = False) -> None:
         _compare_layer_norm(fn, *args)
     # A large mean and a unit spread: float32 rounding of the mean alone gives errors near 1e-4.
     _compare_layer_norm(fn, torch.randn(4, 32, generator=g) + 1000.0, atol=2e-3)
+    with edge_case("bfloat16 input"):
+        x, weight, bias = torch.randn(3, 24, generator=g) * 2 + 1, torch.randn(24, generator=g), torch.randn(24, generator=g)
+        x, weight, bias = (t.to(torch.bfloat16) for t in (x, weight, bias))
+        want = norms.layer_norm(x.double(), weight.double(), bias.double(), 1e-5)
+        _compare_bf16(fn, "layer_norm", (x, weight, bias, 1e-5), want)
+    n += 1
     passed(fn, f"all {n + len(edge) + 1} random and edge cases match the reference (tiny and large scales, float64)")
 
 
@@ -181,6 +195,16 @@ def _rms_norm_mistakes(x, weight, eps):
     ]  # fmt: skip
 
 
+def _compare_bf16(fn, name: str, args: tuple, want64: torch.Tensor) -> None:
+    """A norm of bfloat16 inputs: the result stays bfloat16 and matches float64 arithmetic to bf16 precision."""
+    got = expect_tensor(fn, call(fn, *args), "the normalized tensor")
+    if tuple(got.shape) != tuple(want64.shape):
+        fail(f"{name} of a bfloat16 x of shape {tuple(args[0].shape)} should keep its shape, got {tuple(got.shape)}")
+    expect_dtype(got, torch.bfloat16, f"{name} of a bfloat16 x")
+    if not torch.allclose(got.detach().double(), want64, atol=5e-2, rtol=2e-2):
+        fail(f"{name} of a bfloat16 x is wrong beyond bf16 rounding: {first_difference(got.double(), want64)}")
+
+
 def _compare_rms_norm(fn, x, weight=None, eps=1e-6, expected=None) -> None:
     want = norms.rms_norm(x, weight, eps) if expected is None else expected
     got = call(fn, x, weight, eps)
@@ -196,7 +220,12 @@ def _compare_rms_norm(fn, x, weight=None, eps=1e-6, expected=None) -> None:
 
 
 def check_rms_norm(fn, hidden: bool = False) -> None:
-    """rms_norm(x, weight, eps) = x / sqrt(mean(x^2) + eps) * weight over the last dimension."""
+    """rms_norm(x, weight, eps) = x / sqrt(mean(x^2) + eps) * weight over the last dimension.
+
+    Edges the exercise defines, all in the hidden test: C = 1; weight None; an all-zero row (stays
+    zero: eps inside the square root); a constant row; no centering; tiny scales; float64 and bfloat16
+    inputs keep their dtype.
+    """
     forbid_reference(fn, norms.rms_norm, norms.RMSNorm, torch.nn.RMSNorm, torch.nn.functional.rms_norm, torch.rms_norm)
     if not hidden:
         # mean of squares (1 + 9 + 25 + 49) / 4 = 21, eps 4: sqrt(25) = 5
@@ -226,7 +255,12 @@ def check_rms_norm(fn, hidden: bool = False) -> None:
     ]
     for args in edge:
         _compare_rms_norm(fn, *args)
-    passed(fn, f"all {n + len(edge)} random and edge cases match the reference (tiny scales, float64, zeros)")
+    with edge_case("bfloat16 input"):
+        x, weight = torch.randn(3, 24, generator=g) * 2 + 1, torch.randn(24, generator=g)
+        x, weight = x.to(torch.bfloat16), weight.to(torch.bfloat16)
+        _compare_bf16(fn, "rms_norm", (x, weight, 1e-6), norms.rms_norm(x.double(), weight.double(), 1e-6))
+    n += 1
+    passed(fn, f"all {n + len(edge)} random and edge cases match the reference (tiny scales, float64, zeros, bf16)")
 
 
 # --------------------------------------------------------------------------- block_forward
@@ -328,7 +362,12 @@ def _compare_with_library_block(fn, block: Block, x: torch.Tensor, what: str) ->
 
 
 def check_block_forward(fn, hidden: bool = False) -> None:
-    """block_forward(x, norm1, attn, norm2, ffn, pre_ln) equals the library's Block on the same weights."""
+    """block_forward(x, norm1, attn, norm2, ffn, pre_ln) equals the library's Block on the same weights.
+
+    Edges the exercise defines, all in the hidden test: pre_ln True and False, and its default
+    (True) when the argument is left out; one token and one sequence; x left unchanged (no in-place
+    add); LayerNorm/RMSNorm, GELU/ReLU/SwiGLU, grouped-query attention and RoPE blocks.
+    """
     forbid_reference(fn, Block, Block.forward, Transformer)
     if not hidden:
         toy = TOY_BLOCK
@@ -366,6 +405,19 @@ def check_block_forward(fn, hidden: bool = False) -> None:
         heads = f"{block.attn.n_heads} heads, {block.attn.n_kv_heads} kv heads"
         _compare_with_library_block(fn, block, x, f"a random block ({c} wide, {heads}, {norm}, {act})")
         n += 1
+    with edge("pre_ln left at its default (True)"):
+        block = _randomized_block(rng, g)
+        while not block.pre_ln:
+            block = _randomized_block(rng, g)
+        x = torch.randn(2, 3, block.norm1.weight.shape[0], generator=g)
+        with torch.no_grad():
+            want = block(x)
+            got = call(fn, x, block.norm1, block.attn, block.norm2, block.ffn)
+        got = _check_tensor(fn, got, want, "the block's output", "a block maps (B, T, C) to (B, T, C)")
+        if not _close(got, want):
+            fail(f"block_forward(x, norm1, attn, norm2, ffn) without pre_ln should be a Pre-LN block (pre_ln=True is "
+                 f"the default), but it differs from one: {first_difference(got, want)}")  # fmt: skip
+    n += 1
     passed(fn, f"all {n} random blocks (Pre/Post-LN, LayerNorm/RMSNorm, GELU/ReLU/SwiGLU, GQA, RoPE) match Block")
 
 
@@ -467,7 +519,13 @@ def _random_config(rng: random.Random) -> TransformerConfig:
 
 
 def check_count_parameters(fn, hidden: bool = False) -> None:
-    """count_parameters(config) equals the library's formula and sum(p.numel()) of Transformer(config)."""
+    """count_parameters(config) equals the library's formula and sum(p.numel()) of Transformer(config).
+
+    Edges the exercise defines, all in the hidden test: tied and untied heads; learned positions
+    only (RoPE, sinusoidal and none have no parameters); grouped-query attention, with and without
+    biases (k and v biases have H_kv D entries); SwiGLU's three matrices; RMSNorm has no bias even when
+    config.bias; the final norm only with pre_ln; one layer, one kv head; the result an int.
+    """
     forbid_reference(fn, transformer.count_parameters, transformer.parameter_breakdown, Transformer, Block)
     if not hidden:
         _compare_count(fn, transformer.gpt2_small(), "gpt2_small()")  # 124,439,808, worked out in the notebook
@@ -493,6 +551,18 @@ def check_count_parameters(fn, hidden: bool = False) -> None:
         ("a Post-LN tiny(50)", dataclasses.replace(transformer.tiny(50), pre_ln=False)),
         ("llama_tiny(50) with biases", dataclasses.replace(transformer.llama_tiny(50), bias=True)),
     ]
+    micro = TransformerConfig(vocab_size=7, context_length=3, d_model=8, n_layers=1, n_heads=4, d_ff=5)
+    edges = [
+        ("grouped-query attention with biases, one kv head", dataclasses.replace(micro, n_kv_heads=1, bias=True)),
+        ("sinusoidal positions (no parameters)", dataclasses.replace(micro, position="sinusoidal")),
+        ("RMSNorm with config.bias (the norm has no bias)", dataclasses.replace(micro, norm="rmsnorm", bias=True)),
+        ("Post-LN with an untied head", dataclasses.replace(micro, pre_ln=False, tie_embeddings=False)),
+        ("SwiGLU with biases", dataclasses.replace(micro, activation="swiglu", bias=True, n_kv_heads=2)),
+    ]
+    for label, config in edges:  # small enough to build: compared with the real count too
+        with edge(label):
+            _compare_count(fn, config, label, real=_real_count(config))
+    presets += edges
     for label, config in presets:
         _compare_count(fn, config, label)
     passed(fn, f"all {len(configs) + len(presets)} configs (random, GPT-2 medium, Llama 2 7B, the seeds' 70B) match")

@@ -28,6 +28,18 @@ def pairwise_loss(r_chosen, r_rejected):
 ''',
     },
     "gae": {
+        "next_value_by_roll": '''
+def gae(rewards, values, mask, gamma=1.0, lam=0.95):
+    m = mask.to(values.dtype)
+    next_values = torch.roll(values * m, shifts=-1, dims=1)  # V_{t+1}, 0 after the last token
+    deltas = (rewards + gamma * next_values - values) * m
+    advantages = torch.zeros_like(values)
+    last = torch.zeros_like(values[:, 0])
+    for t in reversed(range(values.shape[1])):
+        last = (deltas[:, t] + gamma * lam * last) * m[:, t]
+        advantages[:, t] = last
+    return advantages, (advantages + values) * m
+''',
         "forward_recursion": '''
 def gae(rewards, values, mask, gamma=1.0, lam=0.95):
     m = mask.to(values.dtype)
@@ -108,6 +120,12 @@ def gae(rewards, values, mask, gamma=1.0, lam=0.95):
 ''',
     },
     "ppo_clip_loss": {
+        "indexes_with_the_mask": '''
+def ppo_clip_loss(logprobs, old_logprobs, advantages, mask, clip=0.2):
+    ratio = torch.exp(logprobs - old_logprobs)
+    objective = torch.min(ratio * advantages, ratio.clamp(1 - clip, 1 + clip) * advantages)
+    return -objective[mask].mean()
+''',
         "max_instead_of_min": '''
 def ppo_clip_loss(logprobs, old_logprobs, advantages, mask, clip=0.2):
     ratio = torch.exp(logprobs - old_logprobs)

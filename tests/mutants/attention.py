@@ -6,6 +6,10 @@ Each entry is a plausible mistake a student makes, written as the student would
 
 MUTANTS = {
     "causal_mask": {
+        "uint8_mask": '''
+def causal_mask(T):
+    return torch.ones(T, T, dtype=torch.uint8).tril()
+''',
         "sees_the_future": '''
 def causal_mask(T):
     return torch.triu(torch.ones(T, T, dtype=torch.bool))
@@ -29,6 +33,22 @@ def causal_mask(T):
 ''',
     },
     "scaled_dot_product_attention": {
+        "float32_for_bf16": '''
+def scaled_dot_product_attention(q, k, v, mask=None):
+    # compute in float32 for stability
+    scores = q.float() @ k.float().transpose(-2, -1) / math.sqrt(q.shape[-1])
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return torch.softmax(scores, dim=-1) @ v.float()
+''',
+        "float64_rounded_through_float32": '''
+def scaled_dot_product_attention(q, k, v, mask=None):
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    weights = torch.softmax(scores.float(), dim=-1).to(q.dtype)
+    return weights @ v
+''',
         "no_scaling": '''
 def scaled_dot_product_attention(q, k, v, mask=None):
     scores = q @ k.transpose(-2, -1)
@@ -81,6 +101,34 @@ def scaled_dot_product_attention(q, k, v, mask=None):
 ''',
     },
     "multi_head_attention": {
+        "returns_float32_for_bf16": '''
+def multi_head_attention(x, w_q, w_k, w_v, w_o, n_heads):
+    x, w_q, w_k, w_v, w_o = (t.float() for t in (x, w_q, w_k, w_v, w_o))
+    d_head = w_q.shape[0] // n_heads
+    n_kv_heads = w_k.shape[0] // d_head
+    q = rearrange(x @ w_q.T, "b t (h d) -> b h t d", h=n_heads)
+    k = rearrange(x @ w_k.T, "b t (h d) -> b h t d", h=n_kv_heads)
+    v = rearrange(x @ w_v.T, "b t (h d) -> b h t d", h=n_kv_heads)
+    k = repeat(k, "b h t d -> b (h r) t d", r=n_heads // n_kv_heads)
+    v = repeat(v, "b h t d -> b (h r) t d", r=n_heads // n_kv_heads)
+    out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    return rearrange(out, "b h t d -> b t (h d)") @ w_o.T
+''',
+        "softmax_rounded_through_float32": '''
+def multi_head_attention(x, w_q, w_k, w_v, w_o, n_heads):
+    d_head = w_q.shape[0] // n_heads
+    n_kv_heads = w_k.shape[0] // d_head
+    q = rearrange(x @ w_q.T, "b t (h d) -> b h t d", h=n_heads)
+    k = rearrange(x @ w_k.T, "b t (h d) -> b h t d", h=n_kv_heads)
+    v = rearrange(x @ w_v.T, "b t (h d) -> b h t d", h=n_kv_heads)
+    k = repeat(k, "b h t d -> b (h r) t d", r=n_heads // n_kv_heads)
+    v = repeat(v, "b h t d -> b (h r) t d", r=n_heads // n_kv_heads)
+    T = x.shape[1]
+    scores = (q @ k.transpose(-2, -1)).float() / math.sqrt(d_head)
+    scores = scores.masked_fill(~torch.ones(T, T, dtype=torch.bool).tril(), float("-inf"))
+    out = torch.softmax(scores, dim=-1).to(v.dtype) @ v
+    return rearrange(out, "b h t d -> b t (h d)") @ w_o.T
+''',
         "view_without_transpose": '''
 def multi_head_attention(x, w_q, w_k, w_v, w_o, n_heads):
     B, T, C = x.shape

@@ -7,6 +7,16 @@ scaled_dot_product_attention, CacheFullError).
 
 MUTANTS = {
     "cached_attention": {
+        "checks_only_the_prompt_fits": '''
+def cached_attention(q, k_new, v_new, k_cache, v_cache, length):
+    T, T_max = q.shape[-2], k_cache.shape[-2]
+    if T > T_max:
+        raise CacheFullError(f"{T} tokens do not fit in a cache of {T_max}")
+    end = min(length + T, T_max)
+    k_cache[:, :, length:end] = k_new[:, :, : end - length]
+    v_cache[:, :, length:end] = v_new[:, :, : end - length]
+    return scaled_dot_product_attention(q, k_cache[:, :, :end], v_cache[:, :, :end], causal=True)
+''',
         "attends_to_empty_slots": '''
 def cached_attention(q, k_new, v_new, k_cache, v_cache, length):
     end = length + k_new.shape[-2]
@@ -63,6 +73,17 @@ def cached_attention(q, k_new, v_new, k_cache, v_cache, length):
 ''',
     },
     "verify_draft": {
+        "accepts_when_u_equals_the_ratio": '''
+def verify_draft(p, q, draft, u):
+    gamma = draft.shape[0]
+    for i in range(gamma):
+        x = draft[i]
+        if u[i] <= p[i, x] / q[i, x]:
+            continue
+        residual = (p[i] - q[i]).clamp(min=0)
+        return i, residual / residual.sum()
+    return gamma, p[gamma]
+''',
         "inverted_ratio": '''
 def verify_draft(p, q, draft, u):
     gamma = draft.shape[0]
@@ -115,6 +136,16 @@ def verify_draft(p, q, draft, u):
 ''',
     },
     "quantize_groupwise": {
+        "rounds_half_up": '''
+def quantize_groupwise(w, bits, group_size):
+    Q = 2 ** (bits - 1) - 1
+    out, n_in = w.shape
+    groups = w.reshape(out, n_in // group_size, group_size)
+    scale = groups.abs().amax(dim=-1) / Q
+    scale = torch.where(scale == 0, torch.ones_like(scale), scale)
+    q = torch.floor(groups / scale[..., None] + 0.5)
+    return q.reshape(out, n_in).to(torch.int8), scale
+''',
         "divides_by_2_to_the_bits_minus_1": '''
 def quantize_groupwise(w, bits, group_size):
     n_out, n_in = w.shape
@@ -163,6 +194,13 @@ def quantize_groupwise(w, bits, group_size):
 ''',
     },
     "dequantize_groupwise": {
+        "keeps_the_scale_dtype": '''
+def dequantize_groupwise(q, scale):
+    out, n_in = q.shape
+    G = scale.shape[1]
+    groups = q.reshape(out, G, n_in // G) * scale[..., None]
+    return groups.reshape(out, n_in)
+''',
         "divides_by_scale": '''
 def dequantize_groupwise(q, scale):
     n_out, n_in = q.shape

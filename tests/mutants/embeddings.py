@@ -6,6 +6,11 @@ Each entry is a plausible mistake a student makes, written as the student would
 
 MUTANTS = {
     "one_hot_embedding": {
+        "stacks_one_row_per_id": '''
+def one_hot_embedding(idx, weight):
+    rows = [F.one_hot(i, num_classes=weight.shape[0]).to(weight.dtype) @ weight for i in idx.flatten()]
+    return torch.stack(rows).reshape(*idx.shape, weight.shape[1])
+''',
         "one_hot_without_num_classes": '''
 def one_hot_embedding(idx, weight):
     return F.one_hot(idx).to(weight.dtype) @ weight
@@ -74,6 +79,17 @@ def sinusoidal_encoding(seq_len, d_model, base=10000.0):
 ''',
     },
     "sinusoidal_shift_matrix": {
+        "offset_rounded_to_an_int": '''
+def sinusoidal_shift_matrix(offset, d_model, base=10000.0):
+    pairs = torch.arange(0, d_model, 2, dtype=torch.float64)
+    angles = int(offset) * base ** (-pairs / d_model)
+    m = torch.zeros(d_model, d_model, dtype=torch.float64)
+    for i, a in enumerate(angles.tolist()):
+        c, s = math.cos(a), math.sin(a)
+        m[2 * i, 2 * i], m[2 * i, 2 * i + 1] = c, s
+        m[2 * i + 1, 2 * i], m[2 * i + 1, 2 * i + 1] = -s, c
+    return m.float()
+''',
         "rotates_backwards": '''
 def sinusoidal_shift_matrix(offset, d_model, base=10000.0):
     m = torch.zeros(d_model, d_model)

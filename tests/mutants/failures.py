@@ -6,6 +6,13 @@ Each entry is a plausible mistake a student makes, written as the student would
 
 MUTANTS = {
     "retrieval_prompt": {
+        "facts_indexed_by_n_keys": '''
+def retrieval_prompt(keys, values, query_index, n_keys, n_values):
+    n_facts = n_keys * n_values
+    facts = [k * max(n_keys, n_values) + v for k, v in zip(keys, values)]
+    ids = facts + [n_facts + n_keys + n_values, n_facts + keys[query_index]]
+    return torch.tensor(ids, dtype=torch.long), n_facts + n_keys + int(values[query_index])
+''',
         "fact_times_n_keys": '''
 def retrieval_prompt(keys, values, query_index, n_keys, n_values):
     F = n_keys * n_values
@@ -47,6 +54,13 @@ def retrieval_prompt(keys, values, query_index, n_keys, n_values):
 ''',
     },
     "accuracy_by_position": {
+        "compares_as_float32": '''
+def accuracy_by_position(predictions, targets, positions, n_positions):
+    correct = (predictions.float() == targets.float()).float()
+    totals = torch.zeros(n_positions).index_add_(0, positions, correct)
+    counts = torch.zeros(n_positions).index_add_(0, positions, torch.ones_like(correct))
+    return totals / counts
+''',
         "divides_by_all_examples": '''
 def accuracy_by_position(predictions, targets, positions, n_positions):
     correct = (predictions == targets).double()
@@ -84,6 +98,31 @@ def accuracy_by_position(predictions, targets, positions, n_positions):
 ''',
     },
     "expected_calibration_error": {
+        "bins_closed_on_the_right": '''
+def expected_calibration_error(probs, correct, n_bins):
+    edges = torch.linspace(0, 1, n_bins + 1, dtype=torch.float64)
+    index = torch.bucketize(probs.double(), edges[1:-1])
+    ece = 0.0
+    for b in range(n_bins):
+        here = index == b
+        if here.any():
+            accuracy = correct[here].double().mean()
+            confidence = probs[here].double().mean()
+            ece += here.sum().item() / len(probs) * abs(accuracy - confidence).item()
+    return ece
+''',
+        "ceil_minus_one": '''
+def expected_calibration_error(probs, correct, n_bins):
+    index = (probs.double() * n_bins).ceil().long().sub(1).clamp(0, n_bins - 1)
+    ece = 0.0
+    for b in range(n_bins):
+        here = index == b
+        if here.any():
+            accuracy = correct[here].double().mean()
+            confidence = probs[here].double().mean()
+            ece += here.sum().item() / len(probs) * abs(accuracy - confidence).item()
+    return ece
+''',
         "unweighted_mean": '''
 def expected_calibration_error(probs, correct, n_bins):
     index = (probs.double() * n_bins).floor().long().clamp(0, n_bins - 1)

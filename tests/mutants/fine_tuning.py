@@ -6,6 +6,12 @@ Each entry is a plausible mistake a student makes, written as the student would
 
 MUTANTS = {
     "masked_sft_loss": {
+        "indexes_with_the_mask": '''
+def masked_sft_loss(logits, targets, response_mask):
+    log_probs = F.log_softmax(logits, dim=-1)
+    picked = log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (B, T)
+    return -picked[response_mask].mean()
+''',
         "mean_over_all_positions": '''
 def masked_sft_loss(logits, targets, response_mask):
     logp = F.log_softmax(logits.float(), dim=-1)
@@ -39,6 +45,14 @@ def masked_sft_loss(logits, targets, response_mask):
 ''',
     },
     "lora_forward": {
+        "flattens_the_leading_dimensions": '''
+def lora_forward(x, weight, bias, A, B, scale):
+    flat = x.flatten(0, -2)  # (N, in)
+    y = flat @ weight.T + scale * (flat @ A.T) @ B.T
+    if bias is not None:
+        y = y + bias
+    return y.reshape(*x.shape[:-1], weight.shape[0])
+''',
         "no_scale": '''
 def lora_forward(x, weight, bias, A, B, scale):
     y = x @ weight.T

@@ -6,6 +6,12 @@ Each entry is a plausible mistake a student makes, written as the student would
 
 MUTANTS = {
     "apply_temperature": {
+        "converts_to_float32": '''
+def apply_temperature(logits, temperature):
+    if temperature <= 0:
+        raise ValueError("temperature must be positive")
+    return logits.float() / temperature
+''',
         "multiplies": '''
 def apply_temperature(logits, temperature):
     if temperature <= 0:
@@ -37,6 +43,17 @@ def apply_temperature(logits, temperature):
 ''',
     },
     "top_k_filter": {
+        "builds_a_float32_output": '''
+def top_k_filter(logits, k):
+    if k < 1:
+        raise ValueError("k must be at least 1")
+    k = min(k, logits.shape[-1])
+    kth = torch.topk(logits, k, dim=-1).values[..., -1:]
+    out = torch.full(logits.shape, float("-inf"))
+    keep = logits >= kth
+    out[keep] = logits[keep].float()
+    return out
+''',
         "fills_with_zero": '''
 def top_k_filter(logits, k):
     if k < 1:
@@ -89,6 +106,29 @@ def top_k_filter(logits, k):
 ''',
     },
     "top_p_filter": {
+        "keeps_the_token_at_exactly_p": '''
+def top_p_filter(logits, top_p):
+    if not 0 < top_p <= 1:
+        raise ValueError("top_p must be in (0, 1]")
+    probs = torch.softmax(logits, dim=-1)
+    sorted_probs = probs.sort(dim=-1, descending=True).values
+    mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
+    n_keep = (mass_before <= top_p).sum(dim=-1, keepdim=True)
+    smallest_kept = sorted_probs.gather(-1, n_keep - 1)
+    return logits.masked_fill(probs < smallest_kept, float("-inf"))
+''',
+        "returns_float32": '''
+def top_p_filter(logits, top_p):
+    if not 0 < top_p <= 1:
+        raise ValueError("top_p must be in (0, 1]")
+    logits = logits.float()  # softmax and cumsum are more accurate in float32
+    probs = torch.softmax(logits, dim=-1)
+    sorted_probs = probs.sort(dim=-1, descending=True).values
+    mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
+    n_keep = (mass_before < top_p).sum(dim=-1, keepdim=True)
+    smallest_kept = sorted_probs.gather(-1, n_keep - 1)
+    return logits.masked_fill(probs < smallest_kept, float("-inf"))
+''',
         "drops_the_crossing_token": '''
 def top_p_filter(logits, top_p):
     if not 0 < top_p <= 1:
@@ -139,6 +179,19 @@ def top_p_filter(logits, top_p):
 ''',
     },
     "sample_next": {
+        "greedy_before_checking_the_settings": '''
+def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    sampling.check_sampling_settings(temperature, top_k, top_p)
+    logits = sampling.apply_temperature(logits, temperature)
+    if top_k is not None:
+        logits = sampling.top_k_filter(logits, top_k)
+    if top_p is not None:
+        logits = sampling.top_p_filter(logits, top_p)
+    probs = torch.softmax(logits, dim=-1)
+    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
+''',
         "greedy_divides_by_zero": '''
 def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
     logits = logits / temperature
@@ -214,6 +267,23 @@ def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None)
 ''',
     },
     "perplexity": {
+        "stride_defaults_to_half_the_context": '''
+def perplexity(model, ids, context_length=None, stride=None):
+    context_length = context_length or model.config.context_length
+    stride = stride or max(1, context_length // 2)
+    n = len(ids) - 1
+    total, scored = 0.0, 0
+    with torch.no_grad():
+        for begin in range(0, n, stride):
+            end = min(begin + context_length, n)
+            log_probs = F.log_softmax(model(ids[None, begin:end])[0].float(), dim=-1)
+            nll = -log_probs.gather(-1, ids[begin + 1 : end + 1, None]).squeeze(-1)
+            total += nll[scored - begin :].sum().item()
+            scored = end
+            if end == n:
+                break
+    return math.exp(total / n)
+''',
         "forgets_the_exp": '''
 def perplexity(model, ids, context_length=None, stride=None):
     context_length = context_length or model.config.context_length

@@ -6,6 +6,14 @@ Each entry is a plausible mistake a student makes, written as the student would
 
 MUTANTS = {
     "top_k_routing": {
+        "no_renormalization_for_one_expert": '''
+def top_k_routing(logits, k, renormalize=True):
+    probs = torch.softmax(logits.float(), dim=-1)
+    weights, indices = torch.topk(probs, k, dim=-1)
+    if renormalize and k > 1:  # one expert: nothing to share
+        weights = weights / weights.sum(dim=-1, keepdim=True)
+    return weights, indices
+''',
         "never_renormalizes": '''
 def top_k_routing(logits, k, renormalize=True):
     probs = torch.softmax(logits.float(), dim=-1)
@@ -96,6 +104,17 @@ def load_balancing_loss(router_logits, k, n_experts):
 ''',
     },
     "moe_forward": {
+        "float32_output_for_bfloat16": '''
+def moe_forward(x, router_weight, w_gate, w_up, w_down, k):
+    flat = x.reshape(-1, x.shape[-1])
+    weights, indices = top_k_routing(flat @ router_weight.T, k)  # (N, k)
+    chosen = torch.zeros(*indices.shape, flat.shape[-1], dtype=x.dtype)  # (N, k, C)
+    for e in range(w_gate.shape[0]):
+        rows, slot = torch.where(indices == e)
+        h = flat[rows]
+        chosen[rows, slot] = (F.silu(h @ w_gate[e].T) * (h @ w_up[e].T)) @ w_down[e].T
+    return (weights[..., None] * chosen).sum(dim=1).reshape(x.shape)
+''',
         "no_renormalization": '''
 def moe_forward(x, router_weight, w_gate, w_up, w_down, k):
     h = x.reshape(-1, x.shape[-1])

@@ -6,6 +6,12 @@ Each entry is a plausible mistake a student makes, written as the student would
 
 MUTANTS = {
     "linear_forward": {
+        "zero_bias_in_float32": '''
+def linear_forward(x, W, b=None):
+    if b is None:
+        b = torch.zeros(W.shape[0])  # no bias: add zeros
+    return x @ W.T + b
+''',
         "W_not_transposed": '''
 def linear_forward(x, W, b=None):
     y = x @ W
@@ -40,6 +46,13 @@ def linear_forward(x, W, b=None):
 ''',
     },
     "linear_backward": {
+        "squeezes_the_gradients": '''
+def linear_backward(x, W, grad_out):
+    grad_x = (grad_out @ W).squeeze()
+    grad_W = (grad_out.T @ x).squeeze()
+    grad_b = grad_out.sum(dim=0)
+    return grad_x, grad_W, grad_b
+''',
         "grad_W_transposed": '''
 def linear_backward(x, W, grad_out):
     grad_x = grad_out @ W
@@ -86,6 +99,10 @@ def linear_backward(x, W, grad_out):
 ''',
     },
     "sgd_step": {
+        "returns_a_generator": '''
+def sgd_step(params, grads, lr):
+    return (p - lr * g for p, g in zip(params, grads))
+''',
         "moves_uphill": '''
 def sgd_step(params, grads, lr):
     return [p + lr * g for p, g in zip(params, grads)]

@@ -6,6 +6,24 @@ Each entry is a plausible mistake a student makes, written as the student would
 
 MUTANTS = {
     "cross_entropy": {
+        "one_maximum_for_all_rows": '''
+def cross_entropy(logits, targets, ignore_index=-100):
+    m = logits.max()
+    shifted = logits - m
+    log_probs = shifted - shifted.exp().sum(dim=-1, keepdim=True).log()
+    keep = targets != ignore_index
+    picked = log_probs[keep].gather(-1, targets[keep].unsqueeze(-1)).squeeze(-1)
+    return -picked.mean()
+''',
+        "hard_coded_minus_100": '''
+def cross_entropy(logits, targets, ignore_index=-100):
+    m = logits.max(dim=-1, keepdim=True).values
+    shifted = logits - m
+    log_probs = shifted - shifted.exp().sum(dim=-1, keepdim=True).log()
+    keep = targets != -100
+    picked = log_probs[keep].gather(-1, targets[keep].unsqueeze(-1)).squeeze(-1)
+    return -picked.mean()
+''',
         "naive_softmax_overflows": '''
 def cross_entropy(logits, targets, ignore_index=-100):
     probs = logits.exp() / logits.exp().sum(dim=-1, keepdim=True)
@@ -50,6 +68,28 @@ def cross_entropy(logits, targets, ignore_index=-100):
 ''',
     },
     "adamw_step": {
+        "step_counted_from_zero": '''
+def adamw_step(param, grad, m, v, step, lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01):
+    beta1, beta2 = betas
+    param = param * (1 - lr * weight_decay)
+    m = beta1 * m + (1 - beta1) * grad
+    v = beta2 * v + (1 - beta2) * grad * grad
+    m_hat = m / (1 - beta1 ** (step + 1))
+    v_hat = v / (1 - beta2 ** (step + 1))
+    param = param - lr * m_hat / (v_hat.sqrt() + eps)
+    return param, m, v
+''',
+        "decays_the_updated_parameter": '''
+def adamw_step(param, grad, m, v, step, lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01):
+    beta1, beta2 = betas
+    m = beta1 * m + (1 - beta1) * grad
+    v = beta2 * v + (1 - beta2) * grad * grad
+    m_hat = m / (1 - beta1**step)
+    v_hat = v / (1 - beta2**step)
+    param = param - lr * m_hat / (v_hat.sqrt() + eps)
+    param = param * (1 - lr * weight_decay)
+    return param, m, v
+''',
         "no_bias_correction": '''
 def adamw_step(param, grad, m, v, step, lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01):
     beta1, beta2 = betas
@@ -111,6 +151,22 @@ def adamw_step(param, grad, m, v, step, lr, betas=(0.9, 0.999), eps=1e-8, weight
 ''',
     },
     "warmup_cosine": {
+        "min_lr_when_total_equals_warmup": '''
+def warmup_cosine(step, warmup, total, max_lr, min_lr=0.0):
+    if step < warmup:
+        return max_lr * step / warmup
+    if total <= warmup:
+        return min_lr
+    progress = min(1.0, (step - warmup) / (total - warmup))
+    return min_lr + (max_lr - min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
+''',
+        "warmup_reaches_max_one_step_early": '''
+def warmup_cosine(step, warmup, total, max_lr, min_lr=0.0):
+    if step < warmup:
+        return max_lr * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_lr + (max_lr - min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
+''',
         "warmup_off_by_one": '''
 def warmup_cosine(step, warmup, total, max_lr, min_lr=0.0):
     if step < warmup:
@@ -148,6 +204,12 @@ def warmup_cosine(step, warmup, total, max_lr, min_lr=0.0):
 ''',
     },
     "clip_grad_norm": {
+        "norm_of_the_largest_tensor": '''
+def clip_grad_norm(grads, max_norm):
+    total_norm = max(g.norm() for g in grads)
+    coef = min(1.0, max_norm / (float(total_norm) + 1e-6))
+    return [g * coef for g in grads], total_norm
+''',
         "clips_each_tensor_separately": '''
 def clip_grad_norm(grads, max_norm):
     total_norm = torch.sqrt(sum((g**2).sum() for g in grads))
@@ -186,6 +248,27 @@ def clip_grad_norm(grads, max_norm):
 ''',
     },
     "is_spike": {
+        "greater_or_equal_at_threshold": '''
+def is_spike(value, history, threshold=6.0, min_history=20):
+    if not math.isfinite(value):
+        return True
+    if len(history) < min_history:
+        return False
+    mean = sum(history) / len(history)
+    std = (sum((h - mean) ** 2 for h in history) / len(history)) ** 0.5
+    return value >= mean + threshold * std
+''',
+        "z_score_at_zero_spread": '''
+def is_spike(value, history, threshold=6.0, min_history=20):
+    if not math.isfinite(value):
+        return True
+    if len(history) < min_history:
+        return False
+    mean = sum(history) / len(history)
+    std = (sum((h - mean) ** 2 for h in history) / len(history)) ** 0.5
+    z = (value - mean) / std if std > 0 else float("inf")
+    return z > threshold
+''',
         "two_sided": '''
 def is_spike(value, history, threshold=6.0, min_history=20):
     if not math.isfinite(value):

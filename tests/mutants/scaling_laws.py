@@ -6,6 +6,24 @@ Each entry is a plausible mistake a student makes, written as the student would
 
 MUTANTS = {
     "flops_per_token": {
+        "head_only_when_untied": '''
+def flops_per_token(config, include_head=False):
+    n = non_embedding_parameters(config)
+    forward = 2 * n + 2 * config.n_layers * config.context_length * config.d_model
+    if include_head and not config.tie_embeddings:
+        forward += 2 * config.d_model * config.vocab_size
+    return 3 * forward
+''',
+        "counts_the_position_table": '''
+def flops_per_token(config, include_head=False):
+    n = non_embedding_parameters(config)
+    if config.position == "learned":
+        n += config.context_length * config.d_model  # the position table is a parameter too
+    forward = 2 * n + 2 * config.n_layers * config.context_length * config.d_model
+    if include_head:
+        forward += 2 * config.d_model * config.vocab_size
+    return 3 * forward
+''',
         "forward_only": '''
 def flops_per_token(config, include_head=False):
     n = non_embedding_parameters(config)
@@ -49,6 +67,15 @@ def flops_per_token(config, include_head=False):
 ''',
     },
     "fit_power_law": {
+        "sorts_x_but_not_y": '''
+def fit_power_law(x, y):
+    log_x = np.log(np.sort(np.asarray(x, dtype=float)))
+    log_y = np.log(np.asarray(y, dtype=float))
+    dx = log_x - log_x.mean()
+    b = (dx * (log_y - log_y.mean())).sum() / (dx**2).sum()
+    a = np.exp(log_y.mean() - b * log_x.mean())
+    return float(a), float(b)
+''',
         "returns_log_coefficient": '''
 def fit_power_law(x, y):
     log_x = np.log(np.asarray(x, dtype=float))
@@ -92,6 +119,14 @@ def fit_power_law(x, y):
 ''',
     },
     "chinchilla_optimal": {
+        "G_without_the_exponent_sum": '''
+def chinchilla_optimal(compute, law=CHINCHILLA):
+    s = law.alpha + law.beta
+    G = (law.alpha * law.A / (law.beta * law.B)) ** (1 / (2 * law.alpha))
+    n_opt = G * (compute / 6) ** (law.beta / s)
+    d_opt = (compute / 6) ** (law.alpha / s) / G
+    return n_opt, d_opt
+''',
         "exponents_swapped": '''
 def chinchilla_optimal(compute, law=CHINCHILLA):
     s = law.alpha + law.beta

@@ -6,6 +6,24 @@ Each entry is a plausible mistake a student makes, written as the student would
 
 MUTANTS = {
     "get_pair_counts": {
+        "digits_of_a_string": '''
+def get_pair_counts(ids):
+    text = "".join(str(i) for i in ids)
+    counts = {}
+    for a, b in zip(text, text[1:]):
+        pair = (int(a), int(b))
+        counts[pair] = counts.get(pair, 0) + 1
+    return counts
+''',
+        "crashes_on_empty": '''
+def get_pair_counts(ids):
+    counts = {}
+    prev = ids[0]
+    for x in ids[1:]:
+        counts[(prev, x)] = counts.get((prev, x), 0) + 1
+        prev = x
+    return counts
+''',
         "misses_last_pair": '''
 def get_pair_counts(ids):
     counts = {}
@@ -35,6 +53,12 @@ def get_pair_counts(ids):
 ''',
     },
     "merge": {
+        "string_replace_single_digit_ids": '''
+def merge(ids, pair, new_id):
+    text = " ".join(str(i) for i in ids)
+    text = text.replace(f"{pair[0]} {pair[1]}", str(new_id))
+    return [int(t) for t in text.split()]
+''',
         "overlapping": '''
 def merge(ids, pair, new_id):
     out = []
@@ -78,6 +102,38 @@ def merge(ids, pair, new_id):
 ''',
     },
     "train": {
+        "first_seen_pair_on_ties": '''
+def train(text, vocab_size):
+    chunks = [list(c.encode("utf-8")) for c in pretokenize(text)]
+    merges = {}
+    for new_id in range(256, vocab_size):
+        counts = {}
+        for chunk in chunks:
+            for pair, n in get_pair_counts(chunk).items():
+                counts[pair] = counts.get(pair, 0) + n
+        if not counts:
+            break
+        best = max(counts, key=counts.get)
+        merges[best] = new_id
+        chunks = [merge(chunk, best, new_id) for chunk in chunks]
+    return merges
+''',
+        "ties_compared_as_text": '''
+def train(text, vocab_size):
+    chunks = [list(c.encode("utf-8")) for c in pretokenize(text)]
+    merges = {}
+    for new_id in range(256, vocab_size):
+        counts = {}
+        for chunk in chunks:
+            for pair, n in get_pair_counts(chunk).items():
+                counts[pair] = counts.get(pair, 0) + n
+        if not counts:
+            break
+        best = min(counts, key=lambda p: (-counts[p], str(p)))
+        merges[best] = new_id
+        chunks = [merge(chunk, best, new_id) for chunk in chunks]
+    return merges
+''',
         "largest_pair_on_ties": '''
 def train(text, vocab_size):
     chunks = [list(c.encode("utf-8")) for c in pretokenize(text)]
@@ -142,6 +198,16 @@ def train(text, vocab_size):
 ''',
     },
     "encode": {
+        "merges_in_dict_order": '''
+def encode(text, merges):
+    ids = []
+    for chunk in pretokenize(text):
+        chunk_ids = list(chunk.encode("utf-8"))
+        for pair, new_id in merges.items():
+            chunk_ids = merge(chunk_ids, pair, new_id)
+        ids.extend(chunk_ids)
+    return ids
+''',
         "highest_rank_first": '''
 def encode(text, merges):
     ids = []
@@ -196,6 +262,13 @@ def encode(text, merges):
 ''',
     },
     "decode": {
+        "vocab_of_single_merges": '''
+def decode(ids, merges):
+    vocab = {i: bytes([i]) for i in range(256)}
+    for (a, b), new_id in merges.items():
+        vocab[new_id] = bytes([a % 256]) + bytes([b % 256])
+    return b"".join(vocab[i] for i in ids).decode("utf-8", errors="replace")
+''',
         "strict_utf8": '''
 def decode(ids, merges):
     vocab = {i: bytes([i]) for i in range(256)}

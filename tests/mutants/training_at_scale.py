@@ -6,6 +6,15 @@ solution cell, with the notebook's imports: copy, torch, dist, nn, F, shard_batc
 
 MUTANTS = {
     "average_gradients": {
+        "skips_only_frozen_parameters": '''
+def average_gradients(model, world_size, all_reduce=None):
+    all_reduce = all_reduce or dist.all_reduce
+    for p in model.parameters():
+        if not p.requires_grad:
+            continue
+        all_reduce(p.grad)
+        p.grad /= world_size
+''',
         "sums_without_dividing": '''
 def average_gradients(model, world_size, all_reduce=None):
     all_reduce = all_reduce or dist.all_reduce
@@ -43,6 +52,13 @@ def average_gradients(model, world_size, all_reduce=None):
 ''',
     },
     "data_parallel_gradients": {
+        "whole_batch_gradient": '''
+def data_parallel_gradients(model, loss_fn, inputs, targets, world_size):
+    # with a mean loss and equal slices, the ranks' average is the whole batch's gradient
+    replica = copy.deepcopy(model)
+    loss_fn(replica, inputs, targets).backward()
+    return [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in replica.parameters()]
+''',
         "sums_the_ranks": '''
 def data_parallel_gradients(model, loss_fn, inputs, targets, world_size):
     total = [torch.zeros_like(p) for p in model.parameters()]
@@ -94,6 +110,20 @@ def data_parallel_gradients(model, loss_fn, inputs, targets, world_size):
 ''',
     },
     "memory_per_device": {
+        "param_and_grad_bytes_swapped": '''
+def memory_per_device(n_params, n_devices, strategy="ddp", param_bytes=2, grad_bytes=2, optimizer_bytes=12):
+    if strategy == "ddp":
+        per_param = param_bytes + grad_bytes + optimizer_bytes
+    elif strategy == "zero1":
+        per_param = param_bytes + grad_bytes + optimizer_bytes / n_devices
+    elif strategy == "zero2":
+        per_param = grad_bytes + (param_bytes + optimizer_bytes) / n_devices
+    elif strategy == "fsdp":
+        per_param = (param_bytes + grad_bytes + optimizer_bytes) / n_devices
+    else:
+        raise ValueError(f"unknown strategy {strategy!r}")
+    return n_params * per_param
+''',
         "fsdp_keeps_full_parameters": '''
 def memory_per_device(n_params, n_devices, strategy="ddp", param_bytes=2, grad_bytes=2, optimizer_bytes=12):
     if strategy == "ddp":

@@ -6,6 +6,18 @@ Each entry is a plausible mistake a student makes, written as the student would
 
 MUTANTS = {
     "layer_norm": {
+        "computes_in_float32": '''
+def layer_norm(x, weight=None, bias=None, eps=1e-5):
+    x = x.float()  # statistics in float32 for stability
+    mean = x.mean(dim=-1, keepdim=True)
+    var = ((x - mean) ** 2).mean(dim=-1, keepdim=True)
+    out = (x - mean) / torch.sqrt(var + eps)
+    if weight is not None:
+        out = out * weight
+    if bias is not None:
+        out = out + bias
+    return out
+''',
         "unbiased_variance": '''
 def layer_norm(x, weight=None, bias=None, eps=1e-5):
     mean = x.mean(dim=-1, keepdim=True)
@@ -63,6 +75,13 @@ def layer_norm(x, weight=None, bias=None, eps=1e-5):
 ''',
     },
     "rms_norm": {
+        "computes_in_float32": '''
+def rms_norm(x, weight=None, eps=1e-6):
+    out = x.float() * torch.rsqrt(x.float().pow(2).mean(dim=-1, keepdim=True) + eps)
+    if weight is not None:
+        out = out * weight.float()
+    return out
+''',
         "subtracts_the_mean": '''
 def rms_norm(x, weight=None, eps=1e-6):
     x = x - x.mean(dim=-1, keepdim=True)
@@ -95,6 +114,16 @@ def rms_norm(x, weight=None, eps=1e-6):
 ''',
     },
     "block_forward": {
+        "post_ln_by_default": '''
+def block_forward(x, norm1, attn, norm2, ffn, pre_ln=False):
+    if pre_ln:
+        x = x + attn(norm1(x))
+        x = x + ffn(norm2(x))
+    else:
+        x = norm1(x + attn(x))
+        x = norm2(x + ffn(x))
+    return x
+''',
         "parallel_branches": '''
 def block_forward(x, norm1, attn, norm2, ffn, pre_ln=True):
     if pre_ln:
@@ -137,6 +166,26 @@ def block_forward(x, norm1, attn, norm2, ffn, pre_ln=True):
 ''',
     },
     "count_parameters": {
+        "kv_biases_as_wide_as_q": '''
+def count_parameters(config):
+    C, V, F, L = config.d_model, config.vocab_size, config.d_ff, config.n_layers
+    D = C // config.n_heads
+    q, kv = config.n_heads * D, config.n_kv_heads * D
+    b = 1 if config.bias else 0
+    attention = C * q + 2 * C * kv + q * C + b * (3 * q + C)
+    if config.activation == "swiglu":
+        ffn = 3 * C * F + b * (2 * F + C)
+    else:
+        ffn = 2 * C * F + b * (F + C)
+    norm = 2 * C if (config.norm == "layernorm" and config.bias) else C
+    n_norms = 2 * L + (1 if config.pre_ln else 0)
+    total = V * C + L * (attention + ffn) + n_norms * norm
+    if config.position == "learned":
+        total += config.context_length * C
+    if not config.tie_embeddings:
+        total += V * C
+    return total
+''',
         "head_always_counted": '''
 def count_parameters(config):
     C, V, F, L = config.d_model, config.vocab_size, config.d_ff, config.n_layers
