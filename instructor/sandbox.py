@@ -25,6 +25,7 @@ to the kernel user) and ``unshare`` (util-linux): without them :func:`check_avai
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import pwd
@@ -85,6 +86,14 @@ def check_available(user: str = "nobody") -> tuple[int, int]:
             f"this machine does not allow new mount/network/PID namespaces ({probe.stderr.strip()}). {HOW_TO_DISABLE}"
         )
     return entry.pw_uid, entry.pw_gid
+
+
+def _package_folders() -> list[str]:
+    """Where `llm_course` is imported from: an editable install (`pip install -e .`) finds it through an
+    import hook, not through `sys.path`, and a course checked out below `/tmp` would otherwise be
+    hidden by the kernel's private `/tmp` (only the package folder is shown, not the checkout)."""
+    spec = importlib.util.find_spec("llm_course")
+    return [p for p in (spec.submodule_search_locations or []) if os.path.isdir(p)] if spec else []
 
 
 @lru_cache(maxsize=None)
@@ -173,7 +182,8 @@ class SandboxKernelManager(AsyncKernelManager):
             "rundir": self._rundir,
             "course": _course_root(cwd),
             "hidden": list(self.hidden),
-            "reveal": [p for p in sys.path if p and os.path.isdir(p)] + [sys.prefix, sys.base_prefix, str(STARTUP.parent)],
+            "reveal": [p for p in sys.path if p and os.path.isdir(p)] + _package_folders()
+            + [sys.prefix, sys.base_prefix, str(STARTUP.parent)],
             "limits": {
                 "address_space": self.address_space,
                 "cpu_seconds": self.cpu_seconds,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from pathlib import Path
 
 import nbformat
 import pytest
@@ -197,3 +198,13 @@ def test_kernel_attacks_fail_only_their_cells(tmp_path):
     assert shown[-1].split() == ["thread", "alive", "42"], shown[-1]  # the same kernel, threads still start
     assert (tmp_path / "big.bin").stat().st_size <= 2**20
     assert tmp_path.stat().st_uid == os.geteuid()  # the working folder is given back
+
+
+def test_the_kernel_is_shown_the_folder_llm_course_is_imported_from():
+    """An editable install finds `llm_course` through an import hook, not `sys.path`: a checkout below
+    `/tmp` (as CI's clones may be) was hidden by the kernel's private `/tmp`, and every cell of every
+    graded notebook failed with ModuleNotFoundError. The package folder itself is revealed."""
+    import llm_course
+
+    package = Path(llm_course.__file__).resolve().parent
+    assert package in [Path(p).resolve() for p in sandbox._package_folders()]

@@ -324,11 +324,15 @@ def _compare_attention_dtype(fn, g: torch.Generator, dtype: torch.dtype) -> None
     q, k, v = (t.to(dtype) for t in (q, k, v))
     want = attention.scaled_dot_product_attention(q.double(), k.double(), v.double(), mask=mask)  # float64 oracle
     got = expect_tensor(fn, call(fn, q, k, v, mask), "the attention output")
-    what = f"scaled_dot_product_attention of {dtype} q, k, v"
+    _expect_oracle(got, want, dtype, f"scaled_dot_product_attention of {dtype} q, k, v", bf16_tol=3e-2)
+
+
+def _expect_oracle(got: torch.Tensor, want: torch.Tensor, dtype: torch.dtype, what: str, bf16_tol: float) -> None:
+    """`got` has `want`'s shape, keeps `dtype`, and matches the float64 oracle `want` to `dtype`'s precision."""
     if tuple(got.shape) != tuple(want.shape):
         fail(f"{what}: the output shape should be {tuple(want.shape)}, got {tuple(got.shape)}.")
     expect_dtype(got, dtype, f"the output of {what}")
-    tol = dict(atol=3e-2, rtol=3e-2) if dtype == torch.bfloat16 else dict(atol=1e-10, rtol=1e-10)
+    tol = dict(atol=bf16_tol, rtol=bf16_tol) if dtype == torch.bfloat16 else dict(atol=1e-10, rtol=1e-10)
     got = got.detach().double()
     if not torch.allclose(got, want, **tol):
         why = "" if dtype == torch.bfloat16 else " (is part of it computed in float32? float64 inputs deserve float64 arithmetic)"
@@ -489,13 +493,4 @@ def _compare_mha_dtype(fn, g: torch.Generator, dtype: torch.dtype) -> None:
     weights = [w.to(dtype) for w in _mha_weights(g, 32, 8, 2)]
     want = attention.multi_head_attention(x.double(), *[w.double() for w in weights], 8)  # float64 oracle
     got = expect_tensor(fn, call(fn, x, *weights, 8), "the attention output")
-    what = f"multi_head_attention of {dtype} x and weights"
-    if tuple(got.shape) != tuple(want.shape):
-        fail(f"{what}: the output shape should be {tuple(want.shape)}, got {tuple(got.shape)}.")
-    expect_dtype(got, dtype, f"the output of {what}")
-    tol = dict(atol=5e-2, rtol=5e-2) if dtype == torch.bfloat16 else dict(atol=1e-10, rtol=1e-10)
-    got = got.detach().double()
-    if not torch.allclose(got, want, **tol):
-        err = (got - want).abs().max().item()
-        why = "" if dtype == torch.bfloat16 else " (is part of it computed in float32? float64 inputs deserve float64 arithmetic)"
-        fail(f"{what} is wrong beyond {dtype}'s rounding (error {err:.2g}): {first_difference(got, want)}{why}.")
+    _expect_oracle(got, want, dtype, f"multi_head_attention of {dtype} x and weights", bf16_tol=5e-2)
