@@ -399,7 +399,7 @@ def simulate(
         got = graded.get(key)
         if got != want:
             student, chapter = key
-            diff = {k: (got or {}).get(k), } if got is None else {k: (got.get(k), v) for k, v in want.items() if got.get(k) != v}
+            diff = {k: (None if got is None else got.get(k), v) for k, v in want.items() if got is None or got.get(k) != v}
             mismatches.append(f"{student}/{chapter} [{plan[student][chapter]['kind']}]: got/expected {diff}")
     jobs = [j for j in timings["jobs"] if j["ok"]]
     per_notebook = [j["autograde_s"] + j["feedback_s"] for j in jobs]

@@ -27,7 +27,6 @@ from __future__ import annotations
 import inspect
 import os
 import textwrap
-import re
 import sys
 from pathlib import Path
 

@@ -28,7 +28,7 @@ import nbformat
 import pytest
 
 from instructor.simulate_class import simulate
-from tests.nbgrader_harness import Course, notebook_path, solution_sources, with_cells
+from tests.nbgrader_harness import Course, solution_sources, with_cells
 
 # Five: s00 right, s01 independent solutions, s02 a copy of one, s03 and s04 the attacks of issue 13.
 STUDENTS = int(os.environ.get("LLM_COURSE_CLASS_STUDENTS", "5"))

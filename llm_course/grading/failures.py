@@ -58,7 +58,7 @@ def _compare_prompt(fn, keys, values, query_index, n_keys, n_values, what: str =
             if got_i == k * n_keys + v and n_keys != n_values:
                 hint = f": a fact is k * n_values + v = {k} * {n_values} + {v} (each key owns n_values ids), not k * n_keys + v"
             elif got_i == v * n_keys + k:
-                hint = f": a fact is k * n_values + v with the key first, not v * n_keys + k"
+                hint = ": a fact is k * n_values + v with the key first, not v * n_keys + k"
             elif got_i == k + v:
                 hint = ": k + v mixes up facts; the fact of key k and value v is k * n_values + v"
         elif i == P:
