@@ -31,9 +31,9 @@ import nbformat
 import pytest
 from nbgrader.api import Gradebook
 
+from instructor.harness import ROOT, Course, notebook_path, solution_sources, with_cells
 from instructor.late_penalty import DAY_SECONDS
 from instructor.schedule import to_utc
-from tests.nbgrader_harness import ROOT, Course, notebook_path, solution_sources, with_cells
 
 CHAPTER = "01_neural_networks"
 
@@ -95,7 +95,8 @@ def test_a_term_through_the_exchange(tmp_path):
 
     # The instructor moves the deadline to now (schedule.toml, then `make release` again);
     # bob submits the solution after it.
-    now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    # Rounded up to the next whole second: alice's submission, a moment ago, stays before it.
+    now = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=1)).replace(microsecond=0)
     schedule(now)
     instructor(sys.executable, "-m", "instructor", "release", CHAPTER)
     assert due_in_gradebook() == now.replace(tzinfo=None)
@@ -111,7 +112,10 @@ def test_a_term_through_the_exchange(tmp_path):
 
     with Gradebook(f"sqlite:///{course.path / 'gradebook.db'}") as gb:
         subs = {name: gb.find_submission(CHAPTER, name) for name in homes}
-        max_score = gb.find_assignment(CHAPTER).max_score
+        # Both leave the written answer empty: it scores 0 and needs no person (tests/test_formgrader.py
+        # grades one), so full marks here are the autograded points.
+        max_score = gb.find_assignment(CHAPTER).max_code_score
+        assert not any(sub.needs_manual_grade for sub in subs.values())
         assert subs["alice"].total_seconds_late == 0 and not subs["alice"].late_submission_penalty
         assert 0 < subs["bob"].total_seconds_late < DAY_SECONDS
         assert subs["bob"].score == max_score
