@@ -90,9 +90,12 @@ book: $(VENV)/.book-deps $(MATHJAX) browser graphviz
 test: $(VENV)/.test-deps $(MATHJAX) browser graphviz
 	$(PY) -m pytest -n $(PYTEST_WORKERS) --durations=15
 
+# The chapters come from the course manifest, course.toml (instructor/manifest.py).
+CHAPTERS = $$($(PY) -m instructor.manifest)
+
 exercises: $(VENV)/.book-deps
-	for dir in solutions/*/; do \
-	    $(VENV)/bin/nbgrader generate_assignment "$$(basename "$$dir")" --force; \
+	chapters="$(CHAPTERS)"; for chapter in $$chapters; do \
+	    $(VENV)/bin/nbgrader generate_assignment "$$chapter" --force; \
 	done
 
 bench: $(VENV)/.test-deps
@@ -103,7 +106,7 @@ DB ?=
 STUDENTS ?= 30
 
 release: $(VENV)/.book-deps
-	$(PY) -m instructor release
+	chapters="$(CHAPTERS)"; $(PY) -m instructor release $$chapters
 
 # Feedback inlines the local MathJax (instructor/feedback.py), hence the MathJax target.
 autograde: $(VENV)/.book-deps $(MATHJAX)

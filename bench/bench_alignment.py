@@ -4,11 +4,11 @@ The same LoRA policy (`transformer.tiny`-shaped by default, random weights, wide
 --layers; adapters on every linear layer and the head, so the reference is the policy with its
 adapters off) takes one step of each method on a batch of --batch prompts with responses of --new
 tokens:
-  ppo   `ppo.ppo_step`: sample --new tokens for each prompt (KV cache), score them with a reward
+  ppo   `ppo.PPO.step`: sample --new tokens for each prompt (KV cache), score them with a reward
         model (a second transformer with a scalar head), the policy's and the reference's
         log-probabilities and the values, then --epochs passes of minibatch updates
         (--minibatch rows each) of the clipped loss + value loss
-  dpo   `dpo.dpo_step`: --batch pairs (chosen and rejected, prompt + --new tokens each), the
+  dpo   `dpo.DPOObjective`, one `Trainer.train_step`: --batch pairs (chosen and rejected, prompt + --new tokens each), the
         reference's log-probabilities (no gradients) and the policy's, one update
 Each repetition times one step of each (the order alternates). Peak memory, one method at a time,
 from building its models to the end of two steps: on CUDA torch.cuda.max_memory_allocated (weights,
@@ -37,6 +37,8 @@ from llm_course import dpo, ppo
 from llm_course.lora import apply_lora
 from llm_course.quantization import weight_bytes
 from llm_course.reward_model import RewardModel
+from llm_course.shuffled_batches import ShuffledBatches
+from llm_course.trainer import TrainConfig, Trainer
 from llm_course.transformer import Transformer, TransformerConfig
 from llm_course.utils import get_device, set_seed
 
@@ -75,22 +77,19 @@ def build(args, method: str, device):
         torch.nn.init.normal_(rm.head.weight, std=0.1)
         for p in rm.parameters():
             p.requires_grad_(False)
-        params = [p for p in policy.parameters() if p.requires_grad] + list(head.parameters())
-        opt = torch.optim.AdamW(params, lr=1e-4)
         prompts = torch.randint(1, args.vocab, (args.batch, args.prompt), generator=g).to(device)
-        sampler = torch.Generator(device=device).manual_seed(0)
-        config = ppo.PPOConfig(beta=0.1, epochs=args.epochs, minibatch_size=args.minibatch, max_new_tokens=args.new)
-
-        def step():
-            ppo.ppo_step(policy, head, opt, prompts, lambda t, n: rm(t, n), EOS, config, generator=sampler)
-
-        return step, (policy, head, rm), opt
-    opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=1e-4)
+        config = ppo.PPOConfig(beta=0.1, lr=1e-4, epochs=args.epochs, minibatch_size=args.minibatch, max_new_tokens=args.new)
+        runner = ppo.PPO(policy, head, lambda t, n: rm(t, n), EOS, config, iterations=1000, batch_size=args.batch)
+        return (lambda: runner.step(prompts)), (policy, head, rm), runner.trainer.optimizer
     T = args.prompt + args.new
     tokens = torch.randint(1, args.vocab, (2 * args.batch, T), generator=g).to(device)
     mask = torch.zeros(2 * args.batch, T, dtype=torch.bool, device=device)
     mask[:, args.prompt :] = True
-    return (lambda: dpo.dpo_step(policy, opt, tokens, mask, beta=0.1)), (policy,), opt
+    config = TrainConfig(batch_size=2 * args.batch, seq_len=T, max_steps=1000, lr=1e-4, warmup_steps=0, weight_decay=0.0,
+                         beta2=0.999, grad_clip=0.0, spike_threshold=0.0, eval_interval=0)  # fmt: skip
+    one_batch = ShuffledBatches([(tokens, mask)], 1, lambda items: items[0])  # the same pairs at every step
+    trainer = Trainer(policy, config, data=one_batch, objective=dpo.DPOObjective(beta=0.1), log=None)
+    return trainer.train_step, (policy,), trainer.optimizer
 
 
 def state_bytes(modules, opt) -> int:

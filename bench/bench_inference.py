@@ -11,7 +11,8 @@
                  (int8 within 1%, int4 group-wise within 5%)
 
 The draft/target pair and the quantized model are byte-level models trained here on the
-course's default corpus; they are saved in --cache-dir and reused by later runs. Every timing
+course's default corpus; they are kept in the course's cache (`llm_course.cache`, under bench/;
+--cache-dir for another folder) and reused until their settings, data or code change. Every timing
 is the median of --reps repetitions (the order of the compared runs alternates).
 
     python bench/bench_inference.py                  # CPU, one thread
@@ -30,6 +31,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from llm_course import cache
 from llm_course.batching import continuous_batching, mixed_workload, static_batching
 from llm_course.checkpoints import from_hf_state_dict, load_model, save_model, to_hf_config
 from llm_course.data import default_corpus, train_val_split
@@ -40,13 +42,16 @@ from llm_course.trainer import TrainConfig, Trainer
 from llm_course.transformer import Transformer, tiny
 from llm_course.utils import set_seed
 
+# The llm_course code that trains and saves the benchmark's models: part of their cache key.
+TRAINED_BY = ("llm_course.trainer", "llm_course.transformer", "llm_course.checkpoints")
+
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--reps", type=int, default=3, help="timed repetitions per measurement")
     p.add_argument("--threads", type=int, default=1, help="CPU threads")
     p.add_argument("--new-tokens", type=int, default=256)
-    p.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "llm_course" / "bench_inference")
+    p.add_argument("--cache-dir", type=Path, default=None, help="default: $LLM_COURSE_CACHE or ~/.cache/llm_course")
     p.add_argument("--train-steps", type=int, default=400, help="training steps of the target (the draft: half)")
     return p.parse_args()
 
@@ -72,24 +77,25 @@ def timed_pair(a, b, reps: int) -> tuple[float, float]:
 
 
 def trained_pair(args, train_ids):
-    """The course's draft/target pair, trained once and cached on disk."""
+    """The course's draft/target pair, trained once and cached (`llm_course.cache`)."""
     configs = {
         "target": dataclasses.replace(tiny(256), n_layers=6, d_model=256, n_heads=8, n_kv_heads=8, context_length=512),
         "draft": dataclasses.replace(tiny(256), n_layers=1, d_model=64, n_heads=2, n_kv_heads=2, context_length=512),
     }
     models = {}
     for name, config in configs.items():
-        folder = args.cache_dir / f"{name}_{args.train_steps}"
-        if (folder / "model.safetensors").exists():
-            models[name] = load_model(folder).eval()
-            continue
         steps = args.train_steps if name == "target" else args.train_steps // 2
-        print(f"training the {name} ({steps} steps, saved in {folder}) ...", flush=True)
-        model = Transformer(config, generator=torch.Generator().manual_seed(0))
         settings = TrainConfig(batch_size=16, seq_len=64, max_steps=steps, lr=2e-3, warmup_steps=30, eval_interval=0)
-        Trainer(model, settings, train_ids, log=None).train()
-        save_model(model, folder)
-        models[name] = model.eval()
+
+        def build(folder: Path, config=config, settings=settings, name=name) -> None:
+            print(f"training the {name} ({settings.max_steps} steps, cached in {folder.parent}) ...", flush=True)
+            model = Transformer(config, generator=torch.Generator().manual_seed(0))
+            Trainer(model, settings, train_ids, log=None).train()
+            save_model(model, folder)
+
+        key = {"model": config, "train": settings, "data": train_ids, "init_seed": 0}
+        folder = cache.cached_entry("bench", f"inference-{name}", key, TRAINED_BY, build, args.cache_dir)
+        models[name] = load_model(folder).eval()
     return models["target"], models["draft"]
 
 

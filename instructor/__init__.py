@@ -16,7 +16,8 @@ adds no grading system of its own. The pieces:
 - :mod:`instructor.sandbox` (with ``sandbox_launch`` and ``sandbox_startup``) -- the grading
   kernel's sandbox: another user, no network, hard limits, the course read-only;
 - :mod:`instructor.schedule` and :mod:`instructor.late_penalty` -- due dates from
-  ``schedule.toml`` and nbgrader's late-submission plugin;
+  ``schedule.toml`` and nbgrader's late-submission plugin (``python -m instructor penalties``
+  applies it again once written answers have been graded in formgrader);
 - :mod:`instructor.lms_export` -- nbgrader export plugins for Canvas's and Moodle's grade import;
 - :mod:`instructor.simulate_class` -- a simulated class with known scores (benchmark
   and end-to-end test of all of the above).

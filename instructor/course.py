@@ -3,6 +3,7 @@
     python -m instructor release                      # solutions/ -> exercises/, every assignment
     python -m instructor autograde SUBMISSIONS        # grade, feedback, gradebook CSV, report
     python -m instructor autograde SUBMISSIONS --workers 4 --postgres   # in parallel
+    python -m instructor penalties                    # after grading written answers in formgrader
 
 ``SUBMISSIONS`` holds one folder per student, laid out like nbgrader's
 ``submitted/``: ``<student>/<assignment>/<notebook>.ipynb`` (a notebook directly in
@@ -288,6 +289,27 @@ def copy_gradebook(source_url: str, target_url: str) -> None:
     target.dispose()
 
 
+def penalties(course: Path, assignments: list[str] | None = None, db_url: str | None = None) -> dict:
+    """Recompute the late penalties from the scores as they are now (written answers graded in
+    formgrader included) and store them in the gradebook; returns the ones that changed."""
+    from nbgrader.api import Gradebook
+    from nbgrader.coursedir import CourseDirectory
+    from traitlets.config import LoggingConfigurable
+
+    from instructor.late_penalty import late_plugin, reapply_late_penalties
+
+    config = load_config(course, db_url)
+    plugin = late_plugin(LoggingConfigurable(config=config))
+    if plugin is None:
+        raise SystemExit("nbgrader_config.py sets no c.AssignLatePenalties.plugin_class: no late penalties to apply")
+    with Gradebook(CourseDirectory(config=config).db_url) as gb:
+        changed = reapply_late_penalties(gb, plugin, assignments)
+    for (assignment, student), (old, new) in sorted(changed.items()):
+        print(f"{student}/{assignment}: late penalty {old:g} -> {new:g} points")
+    print(f"late penalties up to date ({len(changed)} changed); regenerate the feedback of those submissions")
+    return changed
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m instructor", description=__doc__.split("\n\n")[0])
     parser.add_argument("--course", type=Path, default=Path.cwd(), help="the course folder (holds nbgrader_config.py)")
@@ -303,6 +325,8 @@ def main(argv: list[str] | None = None) -> int:
     grade.add_argument("--no-feedback", action="store_true")
     grade.add_argument("--report", type=Path, help="report folder (default: report/)")
     grade.add_argument("--no-sandbox", action="store_true", help="run student code as you, with the network (instructor/sandbox.py)")
+    pen = sub.add_parser("penalties", help="recompute late penalties after manual grading (written answers)")
+    pen.add_argument("assignments", nargs="*")
     args = parser.parse_args(argv)
     if getattr(args, "no_sandbox", False):
         os.environ["LLM_COURSE_SANDBOX"] = "0"  # read by nbgrader_config.py, in this process and its workers
@@ -313,6 +337,9 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(course))
     if args.command == "release":
         release(course, args.assignments or None)
+        return 0
+    if args.command == "penalties":
+        penalties(course, args.assignments or None)
         return 0
     start = time.perf_counter()
     timings = autograde(

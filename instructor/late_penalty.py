@@ -57,3 +57,49 @@ class PerDayLatePenalty(LateSubmissionPlugin):
         fraction = late_fraction(total_seconds_late, self.per_day, self.cap, 60 * self.grace_minutes)
         self.log.info("%s is %.0f s late: penalty %.0f%% of %s points", student_id, total_seconds_late, 100 * fraction, score)
         return fraction * score
+
+
+def late_plugin(parent) -> LateSubmissionPlugin | None:
+    """The course's late-submission plugin (``c.AssignLatePenalties.plugin_class``), configured from
+    `parent`'s configuration (an nbgrader app or export plugin); None where none is configured."""
+    from nbgrader.preprocessors import AssignLatePenalties
+
+    if "plugin_class" not in parent.config.get("AssignLatePenalties", {}):
+        return None
+    return AssignLatePenalties(parent=parent).plugin_class(parent=parent)
+
+
+def notebook_penalty(plugin: LateSubmissionPlugin, student_id: str, score: float, seconds_late: float) -> float:
+    """The penalty nbgrader's ``AssignLatePenalties`` stores for a notebook of `score` points handed in
+    `seconds_late` late: the plugin's, kept between 0 and the score."""
+    if seconds_late <= 0:
+        return 0.0
+    penalty = plugin.late_submission_penalty(student_id, score, seconds_late)
+    return 0.0 if penalty is None else min(max(float(penalty), 0.0), float(score))
+
+
+def reapply_late_penalties(gradebook, plugin: LateSubmissionPlugin, assignments=None, write: bool = True) -> dict:
+    """Late penalties from the scores as they are now: {(assignment, student): (stored, current)} of
+    the submissions whose stored penalty differs (written into the gradebook when `write`).
+
+    nbgrader computes a penalty once, when it autogrades, from the autograded score. Points a person
+    gives later in formgrader (written answers) are not in it: ``python -m instructor penalties``
+    recomputes it from the total, so that the gradebook, the feedback and the exports agree.
+    """
+    changed = {}
+    for assignment in gradebook.assignments:
+        if assignments and assignment.name not in assignments:
+            continue
+        for submission in assignment.submissions:
+            stored = current = 0.0
+            for notebook in submission.notebooks:
+                penalty = notebook_penalty(plugin, submission.student.id, notebook.score, submission.total_seconds_late)
+                stored += float(notebook.late_submission_penalty or 0.0)
+                current += penalty
+                if write:
+                    notebook.late_submission_penalty = penalty if submission.total_seconds_late > 0 else None
+            if not math.isclose(stored, current, abs_tol=1e-9):
+                changed[(assignment.name, submission.student.id)] = (stored, current)
+    if write:
+        gradebook.db.commit()
+    return changed

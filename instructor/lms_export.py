@@ -8,6 +8,14 @@ score after the late penalty (``score - late_submission_penalty``, at least 0, a
 CSV export computes it; the penalty comes from ``instructor/late_penalty.py``). A student with
 no submission gets ``missing`` (0 by default; "" leaves the LMS grade unchanged).
 
+Written answers are graded by a person in formgrader, after autograding. The score is the total
+with those points; a submission with an answer nobody has graded yet gets ``ungraded`` ("" by
+default: the LMS grade is left alone until the points are all there; "score" writes the points so
+far), and the export logs which ones. nbgrader computes a late penalty when it autogrades, before
+the written answers have points: the export applies the course's late-submission plugin to the
+score as it is now, and warns when the gradebook's stored penalty is out of date
+(``python -m instructor penalties`` updates it, for the feedback and formgrader).
+
 Canvas (Grades > Import): the columns of Canvas's own gradebook export, ``Student`` ("Last,
 First"), ``ID`` (Canvas's user id: nbgrader's ``lms_user_id``), ``SIS User ID``, ``SIS Login ID``
 (the nbgrader student id, i.e. the hub login), ``Section``, then one column per assignment named
@@ -23,11 +31,14 @@ and which grade item each column maps to.
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 
 from nbgrader.api import Gradebook, MissingEntry
 from nbgrader.plugins import ExportPlugin
-from traitlets import Dict, Unicode
+from traitlets import CaselessStrEnum, Dict, Unicode
+
+from instructor.late_penalty import late_plugin, notebook_penalty
 
 CANVAS_IDENTITY = ["Student", "ID", "SIS User ID", "SIS Login ID", "Section"]
 MOODLE_IDENTITY = ["First name", "Last name", "ID number", "Email address"]
@@ -41,6 +52,7 @@ class Row:
     email: str
     lms_user_id: str
     scores: dict[str, float | None]  # assignment -> score after the late penalty; None: nothing handed in
+    pending: set[str] = field(default_factory=set)  # assignments with written answers not graded yet
 
 
 def score_after_penalty(raw: float, penalty: float | None) -> float:
@@ -48,23 +60,36 @@ def score_after_penalty(raw: float, penalty: float | None) -> float:
     return max(0.0, float(raw) - float(penalty or 0.0))
 
 
-def collect(gradebook: Gradebook, assignments: list[str] | None = None, students: list[str] | None = None):
-    """(assignment names and max scores, one Row per student) from nbgrader's gradebook."""
+def collect(gradebook: Gradebook, assignments: list[str] | None = None, students: list[str] | None = None,
+            plugin=None):
+    """(assignment names and max scores, one Row per student) from nbgrader's gradebook.
+
+    With a late-submission `plugin`, each notebook's penalty is computed from its score now (manual
+    points included); without, it is the one stored when the notebook was autograded.
+    """
     chosen = [a for a in gradebook.assignments if not assignments or a.name in assignments]
     rows = []
     for student in gradebook.students:
         if students and student.id not in students:
             continue
         scores: dict[str, float | None] = {}
+        pending = set()
         for assignment in chosen:
             try:
                 submission = gradebook.find_submission(assignment.name, student.id)
             except MissingEntry:
                 scores[assignment.name] = None
+                continue
+            if plugin is None:
+                penalty = submission.late_submission_penalty
             else:
-                scores[assignment.name] = score_after_penalty(submission.score, submission.late_submission_penalty)
+                penalty = sum(notebook_penalty(plugin, student.id, nb.score, submission.total_seconds_late)
+                              for nb in submission.notebooks)
+            scores[assignment.name] = score_after_penalty(submission.score, penalty)
+            if submission.needs_manual_grade:
+                pending.add(assignment.name)
         rows.append(Row(student.id, student.first_name or "", student.last_name or "", student.email or "",
-                        student.lms_user_id or "", scores))
+                        student.lms_user_id or "", scores, pending))
     return [(a.name, float(a.max_score)) for a in chosen], rows
 
 
@@ -74,13 +99,34 @@ def _number(value: float) -> str:
 
 class _LmsExport(ExportPlugin):
     missing = Unicode("0", help="What to write for an assignment a student did not hand in.").tag(config=True)
+    ungraded = CaselessStrEnum(
+        ["", "score"], default_value="",
+        help="For a submission whose written answers a person has not graded yet: '' (leave the LMS "
+             "grade alone) or 'score' (the points so far).",
+    ).tag(config=True)
     default_name = "grades.csv"
 
-    def _score(self, value: float | None) -> str:
-        return self.missing if value is None else _number(value)
+    def _score(self, row: Row, assignment: str) -> str:
+        value = row.scores[assignment]
+        if value is None:
+            return self.missing
+        if assignment in row.pending and self.ungraded != "score":
+            return ""
+        return _number(value)
 
     def export(self, gradebook: Gradebook) -> None:
-        assignments, rows = collect(gradebook, [str(a) for a in self.assignment], [str(s) for s in self.student])
+        names, students = [str(a) for a in self.assignment], [str(s) for s in self.student]
+        assignments, rows = collect(gradebook, names, students, plugin=late_plugin(self))
+        _, stored = collect(gradebook, names, students)
+        stale = [f"{r.student_id}/{a}" for r, s in zip(rows, stored) for a in r.scores
+                 if r.scores[a] is not None and not math.isclose(r.scores[a], s.scores[a], abs_tol=1e-9)]
+        if stale:
+            self.log.warning("Late penalties recomputed from the scores after manual grading for %s; "
+                             "`python -m instructor penalties` stores them in the gradebook.", ", ".join(stale))
+        pending = [f"{r.student_id}/{a}" for r in rows for a in sorted(r.pending)]
+        if pending:
+            self.log.warning("Written answers not graded yet (formgrader): %s; %s", ", ".join(pending),
+                             "their points so far are exported" if self.ungraded == "score" else "left blank")
         dest = self.to or self.default_name
         self.log.info("Writing %s (%d students, %d assignments)", dest, len(rows), len(assignments))
         with open(dest, "w", newline="", encoding="utf-8") as fh:
@@ -113,7 +159,7 @@ class CanvasExport(_LmsExport):
         for row in rows:
             name = ", ".join(part for part in (row.last_name, row.first_name) if part) or row.student_id
             identity = [name, row.lms_user_id, "", row.student_id, self.section]
-            out.writerow(identity + [self._score(row.scores[a]) for a, _ in assignments])
+            out.writerow(identity + [self._score(row, a) for a, _ in assignments])
 
 
 class MoodleExport(_LmsExport):
@@ -125,4 +171,4 @@ class MoodleExport(_LmsExport):
         out.writerow(MOODLE_IDENTITY + [name for name, _ in assignments])
         for row in rows:
             identity = [row.first_name, row.last_name, row.student_id, row.email]
-            out.writerow(identity + [self._score(row.scores[a]) for a, _ in assignments])
+            out.writerow(identity + [self._score(row, a) for a, _ in assignments])

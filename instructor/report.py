@@ -2,7 +2,8 @@
 
 - ``scores.png``: for every assignment, the share of students with full, partial
   and no points on each exercise (an exercise = a function: its visible and hidden test);
-- ``report.md``: the same as a table, the most common failure messages (the first
+- ``report.md``: the same as a table, the written answers waiting for a person
+  (formgrader), the most common failure messages (the first
   line of the errors in the autograded notebooks' test cells), submissions that
   use means of tampering with the grader (for a human to read: the grading
   defends against the simple ones, see instructor/preprocessors.py), notebooks
@@ -32,7 +33,8 @@ def exercise_of(grade_id: str) -> str:
 
 
 def gradebook_scores(url: str, assignments: list[str]) -> dict:
-    """assignment -> student -> exercise -> (score, max_score)."""
+    """assignment -> student -> exercise -> (score, max_score); a written answer that waits for a
+    person has no score yet and is left out."""
     from nbgrader.api import Gradebook, MissingEntry
 
     out: dict = {}
@@ -47,10 +49,39 @@ def gradebook_scores(url: str, assignments: list[str]) -> dict:
                 scores: dict = defaultdict(lambda: [0.0, 0.0])
                 for nb in submission.notebooks:
                     for grade in nb.grades:
+                        if grade.needs_manual_grade and grade.manual_score is None:
+                            continue
                         entry = scores[exercise_of(grade.name)]
                         entry[0] += float(grade.score)
                         entry[1] += float(grade.max_score)
                 per_student[submission.student.id] = {k: tuple(v) for k, v in scores.items()}
+    return out
+
+
+def written_status(url: str, assignments: list[str]) -> dict:
+    """(assignment, written answer) -> {"waiting": n, "graded": n, "empty": n} over the submissions:
+    answered and waiting for a person in formgrader, graded by one, or left empty (0 at once)."""
+    from nbgrader.api import Gradebook, MissingEntry
+
+    out: dict = {}
+    with Gradebook(url) as gb:
+        for name in assignments:
+            try:
+                assignment = gb.find_assignment(name)
+            except MissingEntry:
+                continue
+            for submission in assignment.submissions:
+                for nb in submission.notebooks:
+                    for grade in nb.grades:
+                        if grade.cell.cell_type != "markdown":
+                            continue
+                        counts = out.setdefault((name, grade.name), {"waiting": 0, "graded": 0, "empty": 0})
+                        if grade.needs_manual_grade:
+                            counts["waiting"] += 1
+                        elif grade.manual_score is not None:
+                            counts["graded"] += 1
+                        else:
+                            counts["empty"] += 1
     return out
 
 
@@ -189,6 +220,15 @@ def write_report(course: Path, url: str, out: Path, assignments: list[str], jobs
                 f"| {name} | {e} | {len(got)} | {mean:.2f} / {got[0][1]:g} | "
                 f"{sum(a >= m > 0 for a, m in got)} | {sum(a == 0 for a, _ in got)} |"
             )
+    written = written_status(url, assignments)
+    lines += ["", "## Written answers (graded by a person)", ""]
+    if written:
+        lines += ["Grade the waiting ones in formgrader (*Manual Grading*), then run `python -m instructor "
+                  "penalties` and regenerate the feedback (README, \"Running a term\").", "",
+                  "| assignment | answer | waiting | graded | empty (0) |", "|---|---|---|---|---|"]
+        lines += [f"| {a} | {g} | {c['waiting']} | {c['graded']} | {c['empty']} |" for (a, g), c in written.items()]
+    else:
+        lines += ["none"]
     lines += ["", "## Most common failures", "", "| count | assignment | exercise | message |", "|---|---|---|---|"]
     for (name, exercise, message), count in failures.most_common(25):
         lines.append(f"| {count} | {name} | {exercise} | {message.replace('|', '/')} |")

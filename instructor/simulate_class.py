@@ -17,7 +17,7 @@ Students s03 and s04 try the attacks of issue 13 (:data:`NEW_CHEATS`), a differe
 one on each function that no other function calls, all but one per notebook.
 The expected score of every test cell comes from running the instructor's
 notebook *in this process* with the same function sources
-(``tests.test_graders.run_in_process``; a hostile function that cannot run here,
+(``instructor.harness.run_in_process``; a hostile function that cannot run here,
 or that must lose its points, is replaced by one that raises, which is what
 grading must make of it).
 The class is then graded by ``python -m instructor autograde`` in a temporary
@@ -46,15 +46,16 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from instructor.similarity import long_enough  # noqa: E402
-from tests.chapters import CHAPTERS, mutants  # noqa: E402
-from tests.nbgrader_harness import (  # noqa: E402
+from instructor import manifest  # noqa: E402
+from instructor.harness import (  # noqa: E402
     ROOT as REPO,
     graded_cells,
     notebook_path,
     solution_sources,
     with_cells,
 )
+from instructor.manifest import CHAPTERS, mutants  # noqa: E402
+from instructor.similarity import long_enough  # noqa: E402
 
 STUB = "# YOUR CODE HERE\nraise NotImplementedError()"
 
@@ -179,7 +180,7 @@ def book_body(module: str, name: str, fn: str) -> str:
 
 def reference_of(chapter: str, fn: str) -> str | None:
     """'llm_course.module.fn' if the chapter's checks module imports a module of llm_course defining `fn`."""
-    checks = import_module(f"llm_course.grading.{CHAPTERS[chapter].rsplit('.', 1)[1]}")
+    checks = import_module(manifest.chapter(chapter).checks)
     for value in vars(checks).values():
         if getattr(value, "__name__", "").startswith("llm_course.") and callable(getattr(value, fn, None)):
             if value.__name__ != "llm_course.grading":
@@ -289,7 +290,7 @@ def plan_class(students: int, assignments: list[str], seed: int) -> dict:
 
 def expected_scores(chapter: str, entry: dict, cache: dict) -> dict[str, float]:
     """grade_id -> expected points, from running the instructor notebook in this process."""
-    from tests.test_graders import run_in_process
+    from instructor.harness import run_in_process
 
     points = graded_cells(chapter)
     if entry["cells"] is None:
@@ -388,13 +389,18 @@ def simulate(
     from nbgrader.api import Gradebook
 
     graded: dict = {}
+    written_problems: list[str] = []
     with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gb:
         for chapter in assignments:
             for submission in gb.find_assignment(chapter).submissions:
-                graded[(submission.student.id, chapter)] = {
-                    g.name: float(g.score) for nb in submission.notebooks for g in nb.grades
-                }
-    mismatches = []
+                grades = [g for nb in submission.notebooks for g in nb.grades]
+                graded[(submission.student.id, chapter)] = {g.name: float(g.score) for g in grades if g.cell.cell_type == "code"}
+                # Written answers (Markdown cells) are graded by a person; no simulated student writes
+                # one, so each must be scored 0 ("No response.") and be off formgrader's to-do list.
+                pending = sorted(g.name for g in grades if g.cell.cell_type != "code" and (g.needs_manual_grade or g.score))
+                if pending:
+                    written_problems.append(f"{submission.student.id}/{chapter}: written answers {pending} not scored 0")
+    mismatches = list(written_problems)
     for key, want in expected.items():
         got = graded.get(key)
         if got != want:

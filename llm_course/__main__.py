@@ -15,7 +15,7 @@ import sys
 # (command name, module that defines add_command)
 COMMANDS = [
     ("tokenize", "llm_course.tokenizer_cli"),
-    ("train", "llm_course.trainer"),
+    ("train", "llm_course.train_cli"),
     ("generate", "llm_course.generation"),
 ]
 

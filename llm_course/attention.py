@@ -24,8 +24,17 @@ Conventions
 The switch `use_fused` of `MultiHeadAttention` calls PyTorch's fused kernel instead of the
 course's function; the tests check they agree. The KV cache of chapter 09 plugs into this
 same module: `forward(..., cache=...)` stores the new keys and values between projection and
-attention (`llm_course.kv_cache`). Left out: cross-attention,
-sliding windows, attention sinks, and FlashAttention's tiling (the fused kernel does that).
+attention (`llm_course.kv_cache`).
+
+Two options of `MultiHeadAttention` shape what a query may see, for long contexts:
+- `window`: sliding-window attention (Child et al., 2019; Beltagy et al., 2020; Mistral 7B),
+  each query sees only the `window` most recent keys, itself included (`sliding_window_mask`);
+- `alibi`: ALiBi (Press et al., 2022, "Train Short, Test Long"), no position embedding at all,
+  but a bias -m_h * (i - j) added to the score of query i and key j, with one slope m_h per
+  head from a geometric sequence (`alibi_slopes`, `alibi_bias`).
+
+Left out: cross-attention, attention sinks, and FlashAttention's tiling (the fused kernel
+does that).
 """
 
 from __future__ import annotations
@@ -55,6 +64,93 @@ def causal_mask(
     """
     k_len = q_len if k_len is None else k_len
     return torch.ones(q_len, k_len, dtype=torch.bool, device=device).tril(diagonal=k_len - q_len)
+
+
+def token_distances(q_positions: torch.Tensor, k_positions: torch.Tensor) -> torch.Tensor:
+    """How far back each key is from each query: q_pos[i] - k_pos[j], (..., Tq, Tk).
+
+    Positions are (T,) or (B, T); a negative distance is a key after the query.
+    """
+    return q_positions[..., :, None] - k_positions[..., None, :]
+
+
+def last_positions(
+    q_len: int, k_len: int, device: torch.device | str | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The positions (Tq,), (Tk,) when the Tq queries are the last Tq of the Tk keys (as `causal_mask`)."""
+    return torch.arange(k_len - q_len, k_len, device=device), torch.arange(k_len, device=device)
+
+
+def window_allows(distance: torch.Tensor, window: int) -> torch.Tensor:
+    """True where a key is among the `window` most recent ones: 0 <= distance < window."""
+    if window < 1:
+        raise ValueError(f"the attention window must hold at least one key (the query's own), got {window}")
+    return (distance >= 0) & (distance < window)
+
+
+def sliding_window_mask(
+    q_len: int, k_len: int | None = None, window: int = 1, device: torch.device | str | None = None
+) -> torch.Tensor:
+    """Boolean (Tq, Tk), True where query i may attend to key j: 0 <= (Tk - Tq + i) - j < window.
+
+    The causal mask cut to the `window` most recent keys, the query's own included. Stacked
+    layers still pass information further: after L layers a token can depend on tokens up to
+    L (window - 1) positions back (Mistral's argument for its 4096-token window).
+    """
+    k_len = q_len if k_len is None else k_len
+    return window_allows(token_distances(*last_positions(q_len, k_len, device)), window)
+
+
+def alibi_slopes(n_heads: int) -> torch.Tensor:
+    """ALiBi's per-head slopes m_h, (H,) float32.
+
+    For H a power of two: the geometric sequence 2^(-8/H), 2^(-16/H), ..., 2^(-8) (for 8 heads
+    1/2, 1/4, ..., 1/256). Otherwise, as in the paper's code: the slopes of the largest power
+    of two P < H, then every other slope of the sequence for 2P, until there are H.
+    """
+    if n_heads < 1:
+        raise ValueError(f"n_heads must be at least 1, got {n_heads}")
+
+    def geometric(n: int) -> list[float]:
+        return [2.0 ** (-8.0 * (k + 1) / n) for k in range(n)]
+
+    power = 2 ** math.floor(math.log2(n_heads))
+    slopes = geometric(power) + geometric(2 * power)[0::2][: n_heads - power]
+    return torch.tensor(slopes, dtype=torch.float32)
+
+
+def alibi_from_distances(slopes: torch.Tensor, distance: torch.Tensor) -> torch.Tensor:
+    """-m_h * |distance| for every head: slopes (H,), distance (..., Tq, Tk) -> (..., H, Tq, Tk) float32."""
+    slopes = slopes.to(device=distance.device, dtype=torch.float32)[:, None, None]  # (H, 1, 1)
+    return slopes * (-distance.abs()).unsqueeze(-3).to(torch.float32)  # negated as integers: no -0.0
+
+
+def alibi_bias(
+    slopes: torch.Tensor, q_len: int, k_len: int | None = None, device: torch.device | str | None = None
+) -> torch.Tensor:
+    """ALiBi's additive bias (H, Tq, Tk): -m_h * |(Tk - Tq + i) - j| for head h, query i, key j.
+
+    Queries are the last Tq positions, as for `causal_mask`. A key d tokens back costs the
+    score m_h d: steep heads look locally, shallow heads far. Keys after the query (masked
+    in causal attention) get the same penalty by their distance.
+    """
+    k_len = q_len if k_len is None else k_len
+    device = slopes.device if device is None else device
+    return alibi_from_distances(slopes, token_distances(*last_positions(q_len, k_len, device)))
+
+
+def combine_masks(mask: torch.Tensor | None, other: torch.Tensor | None) -> torch.Tensor | None:
+    """One mask that allows what both allow: boolean & boolean, float + float, a boolean
+    turned into -inf on a float. Either may be None; shapes broadcast."""
+    if mask is None or other is None:
+        return other if mask is None else mask
+    if mask.dtype == torch.bool and other.dtype == torch.bool:
+        return mask & other
+    if mask.dtype == torch.bool:
+        mask, other = other, mask
+    if other.dtype == torch.bool:
+        return torch.where(other, mask, torch.full((), float("-inf"), dtype=mask.dtype, device=mask.device))
+    return mask + other
 
 
 def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
@@ -190,7 +286,8 @@ class MultiHeadAttention(nn.Module):
 
     Parameters: w_q (C -> H D), w_k and w_v (C -> H_kv D), w_o (H D -> C), with D = C / H.
     `rope`, if given, rotates queries and keys by their positions (one `RotaryEmbedding`
-    is shared by all layers of a model). `use_fused` switches between the course's
+    is shared by all layers of a model). `alibi` adds ALiBi's distance bias to the scores;
+    `window` lets each query see only its `window` most recent keys. `use_fused` switches between the course's
     `scaled_dot_product_attention` and PyTorch's fused kernel; attention dropout draws from
     torch's global generator on both paths.
     """
@@ -204,9 +301,13 @@ class MultiHeadAttention(nn.Module):
         dropout: float = 0.0,
         use_fused: bool = False,
         rope: RotaryEmbedding | None = None,
+        alibi: bool = False,
+        window: int | None = None,
     ):
         super().__init__()
         n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
+        if window is not None and window < 1:
+            raise ValueError(f"the attention window must hold at least one key, got {window}")
         if d_model % n_heads != 0:
             raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
         if n_heads % n_kv_heads != 0:
@@ -219,6 +320,9 @@ class MultiHeadAttention(nn.Module):
         self.dropout_p = dropout
         self.use_fused = use_fused
         self.rope = rope
+        self.window = window
+        # ALiBi's slopes are constants: a buffer follows the module's device, is not learned or saved.
+        self.register_buffer("alibi_slopes", alibi_slopes(n_heads) if alibi else None, persistent=False)
         self.w_q = nn.Linear(d_model, n_heads * self.d_head, bias=bias)
         self.w_k = nn.Linear(d_model, n_kv_heads * self.d_head, bias=bias)
         self.w_v = nn.Linear(d_model, n_kv_heads * self.d_head, bias=bias)
@@ -284,10 +388,44 @@ class MultiHeadAttention(nn.Module):
                 mask = rows
             elif rows is not None:
                 mask = mask & rows if mask.dtype == torch.bool else mask.masked_fill(~rows, float("-inf"))
+        mask = self.position_mask(mask, q.shape[-2], k.shape[-2], q.device, positions, cached=cache is not None)
         out = self.attend(q, k, v, mask, causal)  # (B, H, T, D)
         out = rearrange(out, "b h t d -> b t (h d)")  # (B, T, C)
         return self.residual_dropout(self.w_o(out))
 
+    def position_mask(
+        self,
+        mask: torch.Tensor | None,
+        q_len: int,
+        k_len: int,
+        device: torch.device,
+        positions: torch.Tensor | None = None,
+        cached: bool = False,
+    ) -> torch.Tensor | None:
+        """`mask` combined with the sliding window and the ALiBi bias, if this layer has them.
+
+        Distances come from the tokens' positions: `positions` (T,) or (B, T) for the queries
+        (default: the last Tq of Tk); the keys sit at 0 .. Tk - 1 when `cached` (a KV cache
+        stores each row's tokens from slot 0), else at the queries' own positions.
+        """
+        if self.window is None and self.alibi_slopes is None:
+            return mask
+        if positions is None:
+            q_pos, k_pos = last_positions(q_len, k_len, device)
+        else:
+            q_pos = positions.to(device)
+            k_pos = torch.arange(k_len, device=device) if cached else q_pos
+        distance = token_distances(q_pos, k_pos)  # (Tq, Tk) or (B, Tq, Tk)
+        if self.window is not None:
+            allowed = window_allows(distance, self.window)
+            mask = combine_masks(mask, allowed if allowed.dim() == 2 else allowed.unsqueeze(1))  # (B, 1, Tq, Tk)
+        if self.alibi_slopes is not None:
+            mask = combine_masks(mask, alibi_from_distances(self.alibi_slopes, distance))  # (..., H, Tq, Tk)
+        return mask
+
     def extra_repr(self) -> str:
         heads = f"n_heads={self.n_heads}, n_kv_heads={self.n_kv_heads}, d_head={self.d_head}"
-        return f"{heads}, use_fused={self.use_fused}"
+        extras = ("" if self.window is None else f", window={self.window}") + (
+            "" if self.alibi_slopes is None else ", alibi=True"
+        )
+        return f"{heads}, use_fused={self.use_fused}{extras}"

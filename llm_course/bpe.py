@@ -3,9 +3,11 @@
 Implements the tokenizer of GPT-2 (Radford et al., 2019, after Sennrich et al., 2016,
 "Neural Machine Translation of Rare Words with Subword Units"):
 
-- text is split into *chunks* by the GPT-2 regular expression (words with their
-  leading space, runs of digits, punctuation, whitespace), and merges never cross
-  a chunk boundary;
+- text is first cut at the *special tokens* given to training (``<|endoftext|>``
+  between documents), which are never part of a chunk, then split into *chunks* by
+  the GPT-2 regular expression (words with their leading space, runs of digits,
+  punctuation, whitespace); merges never cross a chunk boundary, so nothing is
+  learned across a document separator;
 - each chunk starts as its UTF-8 bytes, token ids 0..255;
 - training repeatedly replaces the most frequent adjacent pair of ids with a new id
   (256, 257, ...); the list of merges, in order, *is* the tokenizer.
@@ -49,6 +51,23 @@ def pretokenize(text: str, pattern: str = GPT2_SPLIT_PATTERN) -> list[str]:
     if not isinstance(text, str):
         raise TypeError(f"text must be a str, got {type(text).__name__}")
     return regex.findall(pattern, text)
+
+
+def split_on_special(text: str, special_tokens: Iterable[str] = ()) -> list[str]:
+    """The pieces of `text` between occurrences of the special tokens (which are dropped).
+
+    ``split_on_special("a.<|endoftext|>b", ["<|endoftext|>"]) == ["a.", "b"]``. The longest
+    special token is tried first, so one that contains another is not cut short.
+    """
+    if isinstance(special_tokens, str):
+        raise TypeError(f"special_tokens must be a list of strings, got the string {special_tokens!r}")
+    specials = list(special_tokens)
+    if any(not isinstance(s, str) or not s for s in specials):
+        raise ValueError(f"special tokens must be non-empty strings, got {specials!r}")
+    specials = sorted(set(specials), key=len, reverse=True)
+    if not specials:
+        return [text]
+    return regex.split("|".join(regex.escape(s) for s in specials), text)
 
 
 def get_pair_counts(ids: Iterable[int], counts: dict[Pair, int] | None = None) -> dict[Pair, int]:
@@ -100,13 +119,28 @@ def _check_vocab_size(vocab_size: int) -> None:
         raise ValueError(f"vocab_size must be at least 256 (one token per byte), got {vocab_size}")
 
 
-def _chunk_counts(text: str, pattern: str) -> Counter[bytes]:
-    """How often each distinct chunk occurs: training works on distinct chunks, weighted."""
-    return Counter(chunk.encode("utf-8") for chunk in pretokenize(text, pattern))
+def _chunk_counts(text: str, pattern: str, special_tokens: Iterable[str] = ()) -> Counter[bytes]:
+    """How often each distinct chunk occurs: training works on distinct chunks, weighted.
+
+    The text is cut at the special tokens first: pre-tokenizing across them would glue
+    ``.<|`` or ``|>`` into chunks and learn merges that straddle document boundaries.
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str, got {type(text).__name__}")
+    counts: Counter[bytes] = Counter()
+    for piece in split_on_special(text, special_tokens):
+        counts.update(chunk.encode("utf-8") for chunk in pretokenize(piece, pattern))
+    return counts
 
 
-def train_bpe(text: str, vocab_size: int, pattern: str = GPT2_SPLIT_PATTERN) -> dict[Pair, int]:
+def train_bpe(
+    text: str, vocab_size: int, pattern: str = GPT2_SPLIT_PATTERN, special_tokens: Iterable[str] = ()
+) -> dict[Pair, int]:
     """Learn ``vocab_size - 256`` merges from `text` (fewer if the text runs out of pairs).
+
+    `special_tokens` (e.g. ``["<|endoftext|>"]``) are cut out of the text before
+    pre-tokenization (:func:`split_on_special`): no merge is learned across them or
+    from their characters.
 
     Incremental: pair counts are computed once; after each merge only the chunks
     that contain the merged pair are updated, and a heap finds the next most
@@ -114,7 +148,7 @@ def train_bpe(text: str, vocab_size: int, pattern: str = GPT2_SPLIT_PATTERN) -> 
     identical to :func:`train_bpe_naive`, which recounts everything after every merge.
     """
     _check_vocab_size(vocab_size)
-    chunk_counts = _chunk_counts(text, pattern)
+    chunk_counts = _chunk_counts(text, pattern, special_tokens)
     words = [list(chunk) for chunk in chunk_counts]  # each distinct chunk as a list of ids
     freqs = list(chunk_counts.values())
 
@@ -159,13 +193,15 @@ def train_bpe(text: str, vocab_size: int, pattern: str = GPT2_SPLIT_PATTERN) -> 
     return merges
 
 
-def train_bpe_naive(text: str, vocab_size: int, pattern: str = GPT2_SPLIT_PATTERN) -> dict[Pair, int]:
+def train_bpe_naive(
+    text: str, vocab_size: int, pattern: str = GPT2_SPLIT_PATTERN, special_tokens: Iterable[str] = ()
+) -> dict[Pair, int]:
     """The textbook trainer: recount every pair after every merge. Same result, far slower.
 
     Kept as the baseline of the benchmark and as an oracle for :func:`train_bpe`.
     """
     _check_vocab_size(vocab_size)
-    chunk_counts = _chunk_counts(text, pattern)
+    chunk_counts = _chunk_counts(text, pattern, special_tokens)
     words = [list(chunk) for chunk in chunk_counts]
     freqs = list(chunk_counts.values())
     merges: dict[Pair, int] = {}

@@ -1,44 +1,48 @@
-"""Data-parallel training with ``torch.distributed``: all-reduce, DDP, and memory per device.
+"""Data-parallel training with ``torch.distributed``: all-reduce, the Trainer on N ranks, memory per rank.
 
-Data parallelism keeps a full copy of the model on each of N processes ("ranks"). Each rank
+Data parallelism keeps a copy of the model on each of N processes ("ranks"). Each rank
 takes its own slice of the batch, computes gradients on it, and then the ranks *all-reduce*
 their gradients: every rank ends up with the sum, divides it by N, and takes the same
 optimizer step. With a loss that is a mean over examples and slices of equal size, the
-averaged gradient is the gradient of the combined batch, so N ranks train exactly like one
-process with an N times larger batch (up to float rounding).
+averaged gradient is the gradient of the combined batch, so N ranks train like one process
+with an N times larger batch (up to float rounding).
 
 What is here:
 
 - :func:`average_gradients`: the all-reduce that averages gradients (sum, then divide),
   written against an injectable ``all_reduce`` so it can also run without a process group;
+  :func:`data_parallel_gradients`, the single-process simulation of N ranks that the
+  equivalence rests on;
 - :func:`ring_all_reduce`: the ring algorithm with point-to-point ``send``/``recv``, for
   teaching (``dist.all_reduce`` does the same, faster); :func:`ring_all_reduce_simulated`
   runs the same schedule over a list of tensors in one process;
-- :func:`train_step`, the step that both the manual averaging and
-  ``DistributedDataParallel`` (DDP) use, and :func:`data_parallel_gradients`, the
-  single-process simulation of N ranks that the equivalence rests on;
+- the course's ``Trainer`` on N ranks (``torchrun ... -m llm_course train --parallel ddp``,
+  see ``llm_course.train_cli``): :func:`setup_from_env` joins torchrun's process group,
+  :func:`wrap_model` wraps the model in DDP or FSDP2 (``fully_shard`` per block, then the
+  root), :func:`all_reduce_mean` averages what the trainer logs and decides on, and
+  :func:`save_sharded` / :func:`load_sharded` write and read checkpoints with
+  ``torch.distributed.checkpoint``, on any number of ranks;
 - :func:`memory_per_device`: bytes per device for DDP and the three ZeRO stages (stage 3
   is what PyTorch's FSDP does), after Rajbhandari et al., "ZeRO: Memory Optimizations Toward
-  Training Trillion Parameter Models" (2020);
-- a ``torchrun`` entry point: ``torchrun --nproc_per_node=2 -m llm_course.distributed``.
+  Training Trillion Parameter Models" (2020); :func:`measured_memory_per_rank` counts what a
+  rank really holds, and :func:`measure_memory_per_rank` runs DDP and FSDP on gloo processes.
 
 The library never picks a device. The only hardware choice here is the *backend*:
-:func:`default_backend` says "nccl" when CUDA is available and "gloo" otherwise. Where the
-tensors live (CPU for gloo, ``cuda:LOCAL_RANK`` for NCCL) is chosen by the caller: the
-``torchrun`` entry point at the bottom, the book, the tests.
+:func:`default_backend` says "nccl" when CUDA is available and "gloo" otherwise; under
+torchrun, :func:`setup_from_env` puts NCCL ranks on ``cuda:LOCAL_RANK`` and gloo ranks on
+the CPU.
 
-Left out: tensor and pipeline parallelism, gradient bucketing and overlap of communication
-with the backward pass (DDP does both), and activation memory (it depends on batch and
-sequence length, not on the sharding strategy).
+Left out: tensor and pipeline parallelism, mixed-precision FSDP policies, and activation
+memory (it depends on batch and sequence length, not on the sharding strategy).
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
 import os
 import socket
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 
@@ -47,7 +51,7 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-from llm_course.transformer import Transformer, TransformerConfig
+from llm_course.transformer import Transformer, TransformerConfig  # noqa: F401  (the exercise checks use D.Transformer)
 
 # ---------------------------------------------------------------------------------------
 # Process groups
@@ -199,29 +203,6 @@ def lm_loss(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> to
     return F.cross_entropy(logits.flatten(0, 1), targets.flatten())
 
 
-def train_step(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    inputs: torch.Tensor,
-    targets: torch.Tensor,
-    loss_fn: Callable = lm_loss,
-    sync: Callable[[nn.Module], None] | None = None,
-) -> float:
-    """One optimizer step on this rank's `inputs`, `targets`; returns the local loss.
-
-    `sync(model)` runs between backward and the optimizer step: :func:`average_gradients`
-    for manual data parallelism, None for one process or for a DDP-wrapped `model` (DDP
-    all-reduces the gradients during ``backward``).
-    """
-    optimizer.zero_grad(set_to_none=True)
-    loss = loss_fn(model, inputs, targets)
-    loss.backward()
-    if sync is not None:
-        sync(model)
-    optimizer.step()
-    return loss.item()
-
-
 def data_parallel_gradients(
     model: nn.Module, loss_fn: Callable, inputs: torch.Tensor, targets: torch.Tensor, world_size: int
 ) -> list[torch.Tensor]:
@@ -282,13 +263,14 @@ def memory_per_device(
     return n_params * sum(b / n_devices if i < sharded else b for i, b in enumerate(parts))
 
 
+
 # ---------------------------------------------------------------------------------------
-# A tiny run: the same code in one process, with manual averaging, and with DDP
+# The tiny model of the worked examples and of the exercise checks
 # ---------------------------------------------------------------------------------------
 
 
 def demo_config() -> TransformerConfig:
-    """The tiny GPT trained by the demo runs (a few thousand parameters)."""
+    """The tiny GPT of the chapter's worked examples (a few thousand parameters)."""
     return TransformerConfig(vocab_size=32, context_length=16, d_model=32, n_layers=2, n_heads=4)
 
 
@@ -299,113 +281,249 @@ def demo_data(batch_size: int = 8, seq_len: int = 16, seed: int = 0) -> tuple[to
     return tokens[:, :-1], tokens[:, 1:]
 
 
-def _demo_model_and_optimizer(optimizer: str, lr: float, seed: int, device: str = "cpu"):
-    model = Transformer(demo_config(), generator=torch.Generator().manual_seed(seed)).to(device)
-    opt_class = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam}[optimizer]
-    return model, opt_class(model.parameters(), lr=lr)
+# ---------------------------------------------------------------------------------------
+# The course's Trainer on N ranks: DDP and FSDP2
+# ---------------------------------------------------------------------------------------
+
+PARALLEL = ("none", "ddp", "fsdp")
 
 
-def train_single_process(steps: int = 3, optimizer: str = "sgd", lr: float = 0.1, batch_size: int = 8,
-                         seed: int = 0) -> dict[str, torch.Tensor]:  # fmt: skip
-    """Train the demo model in one process on the whole batch; returns its final state dict."""
-    model, opt = _demo_model_and_optimizer(optimizer, lr, seed)
-    inputs, targets = demo_data(batch_size, seed=seed)
-    for _ in range(steps):
-        train_step(model, opt, inputs, targets)
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+def rank_and_world() -> tuple[int, int]:
+    """(rank, world size) of this process in the default process group; (0, 1) outside one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
-def train_data_parallel(
-    rank: int, world_size: int, mode: str = "manual", steps: int = 3, optimizer: str = "sgd", lr: float = 0.1,
-    batch_size: int = 8, seed: int = 0, device: str = "cpu",
-) -> dict[str, torch.Tensor]:  # fmt: skip
-    """Train the demo model as rank `rank` of an initialized process group; returns its weights.
+def barrier() -> None:
+    """Wait for every rank (nothing to wait for outside a process group)."""
+    if rank_and_world()[1] > 1:
+        dist.barrier()
 
-    Every rank builds the same model (same seed) and the same batch, keeps its own slice of
-    the batch, and runs :func:`train_step`. `mode` "manual" syncs with
-    :func:`average_gradients`; "ddp" wraps the model in ``DistributedDataParallel`` instead.
+
+def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
+    """The mean of `value` over all ranks (a new tensor; `value` itself outside a process group).
+
+    The trainer averages its loss and metrics with it before logging *and* before its spike
+    checks, so that every rank takes the same decision (skip, roll back) on the same numbers.
     """
-    model, opt = _demo_model_and_optimizer(optimizer, lr, seed, device)
-    inputs, targets = (shard_batch(t, rank, world_size).to(device) for t in demo_data(batch_size, seed=seed))
-    if mode == "ddp":
-        device_ids = [torch.device(device).index] if torch.device(device).type == "cuda" else None
-        net, sync = nn.parallel.DistributedDataParallel(model, device_ids=device_ids), None
-    elif mode == "manual":
-        net, sync = model, lambda m: average_gradients(m, world_size)
+    world = rank_and_world()[1]
+    if world == 1:
+        return value
+    total = value.detach().clone()
+    dist.all_reduce(total)  # SUM: gloo has no AVG
+    return total / world
+
+
+def setup_from_env(backend: str | None = None, timeout_s: float = 600.0) -> torch.device:
+    """Join the process group torchrun describes (RANK, WORLD_SIZE, MASTER_ADDR, ...) and
+    return this rank's device: ``cuda:LOCAL_RANK`` with NCCL, the CPU with gloo.
+
+    Outside torchrun (no WORLD_SIZE in the environment) nothing is joined and the CPU is returned.
+    """
+    if "WORLD_SIZE" not in os.environ:
+        return torch.device("cpu")
+    backend = backend or default_backend()
+    if backend == "nccl":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
     else:
-        raise ValueError(f"mode must be 'manual' or 'ddp', got {mode!r}")
-    for _ in range(steps):
-        train_step(net, opt, inputs, targets, sync=sync)
-    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        device = torch.device("cpu")
+    if not dist.is_initialized():
+        init_process(backend=backend, timeout_s=timeout_s)
+    return device
 
 
-def _spawned_worker(rank: int, world_size: int, init_method: str, out_path: str, modes: Sequence[str],
-                    kwargs: dict) -> None:  # fmt: skip
-    """What each process started by :func:`run_data_parallel` does (top level, so spawn can pickle it)."""
+def wrap_model(model: nn.Module, parallel: str = "none") -> nn.Module:
+    """`model` (on its device, in the process group) ready for data-parallel training.
+
+    - "none": `model` itself;
+    - "ddp": `DistributedDataParallel(model)`: a full copy per rank, gradients all-reduced in
+      buckets during `backward`;
+    - "fsdp": FSDP2, ``fully_shard`` on every transformer block, then on the root (the
+      embeddings, final norm and head): each rank keeps 1/N of every parameter, gradient and
+      optimizer state, and all-gathers a block's weights just before using them.
+
+    Call it before the optimizer is built: FSDP2 replaces the parameters by sharded DTensors.
+    The returned module keeps `model.config`, which the Trainer reads.
+    """
+    if parallel not in PARALLEL:
+        raise ValueError(f"parallel must be one of {PARALLEL}, got {parallel!r}")
+    if parallel == "none":
+        return model
+    if not dist.is_initialized():
+        raise RuntimeError(f"--parallel {parallel} needs a process group: start the run with torchrun")
+    if parallel == "ddp":
+        device = next(model.parameters()).device
+        wrapped = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        wrapped.config = model.config  # a plain attribute: the Trainer reads model.config
+        return wrapped
+    from torch.distributed.fsdp import fully_shard
+
+    for block in model.blocks:
+        fully_shard(block)  # one unit per block: its weights are gathered together, then freed
+    fully_shard(model)  # the root unit: embeddings, final norm, head
+    return model
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module inside a DDP wrapper (an FSDP2 model is its own module)."""
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def is_sharded(model: nn.Module) -> bool:
+    """True if some parameter of `model` is a DTensor (FSDP2)."""
+    from torch.distributed.tensor import DTensor
+
+    return any(isinstance(p, DTensor) for p in model.parameters())
+
+
+def _local_bytes(t: torch.Tensor) -> int:
+    """Bytes of `t` held by this rank: its local shard for a DTensor."""
+    local = t.to_local() if hasattr(t, "to_local") else t
+    return local.numel() * local.element_size()
+
+
+def measured_memory_per_rank(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, int]:
+    """Bytes of parameters, gradients and optimizer state that this rank holds, counted tensor by tensor.
+
+    Call it after an optimizer step and before `zero_grad`, when the gradients exist. With
+    FSDP the parameters and gradients are local shards (the gathered copy of one block during
+    its forward or backward pass is not counted: it is freed after use); tied parameters count once.
+    """
+    params = list(dict.fromkeys(model.parameters()))  # tied tensors once, in order
+    grads = [p.grad for p in params if p.grad is not None]
+    states = [t for s in optimizer.state.values() for t in s.values() if torch.is_tensor(t)]
+    return {
+        "parameters": sum(_local_bytes(p) for p in params),
+        "gradients": sum(_local_bytes(g) for g in grads),
+        "optimizer": sum(_local_bytes(t) for t in states),
+    }
+
+
+# ---------------------------------------------------------------------------------------
+# Sharded checkpoints: torch.distributed.checkpoint (DCP)
+# ---------------------------------------------------------------------------------------
+
+
+def in_process_group() -> bool:
+    """True inside an initialized default process group (a torchrun run, of any size)."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def save_sharded(model: nn.Module, optimizer: torch.optim.Optimizer, path: str | os.PathLike) -> bool:
+    """Write the model's and the optimizer's state to the folder `path` with DCP; a collective.
+
+    Every rank writes the shards it holds (with DDP, DCP keeps one copy of what all ranks
+    share), plus metadata that maps them to the full tensors, so that any number of ranks, or
+    one process without a process group, can read them back (`load_sharded`). The keys are
+    the unwrapped model's parameter names. An optimizer that has not stepped yet has no state
+    to save: asking for it would make PyTorch create it with a zero step, which moves Adam's
+    step count. Returns whether the optimizer state was saved.
+    """
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_state_dict
+
+    if optimizer.state:
+        model_state, optimizer_state = get_state_dict(model, optimizer)
+        state = {"model": model_state, "optimizer": optimizer_state}
+    else:
+        state = {"model": get_model_state_dict(model)}
+    dcp.save(state, checkpoint_id=str(path))
+    return "optimizer" in state
+
+
+def load_sharded(model: nn.Module, optimizer: torch.optim.Optimizer, path: str | os.PathLike,
+                 with_optimizer: bool = True) -> None:  # fmt: skip
+    """Read a `save_sharded` folder into `model` and `optimizer`, resharding to this run's ranks.
+
+    The number of ranks and the wrapping (none, DDP, FSDP) may differ from the run that
+    saved it. With `with_optimizer` False (a checkpoint taken before the first step) the
+    optimizer is reset to no state. Any gradients are dropped first.
+    """
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import (
+        get_model_state_dict,
+        get_state_dict,
+        set_model_state_dict,
+        set_state_dict,
+    )
+
+    optimizer.zero_grad(set_to_none=True)  # PyTorch creates missing optimizer state only when no grads exist
+    if with_optimizer:
+        model_state, optimizer_state = get_state_dict(model, optimizer)
+        state = {"model": model_state, "optimizer": optimizer_state}
+    else:
+        optimizer.state.clear()
+        state = {"model": get_model_state_dict(model)}
+    with warnings.catch_warnings():  # one process reading a sharded checkpoint is intended here
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.load(state, checkpoint_id=str(path))
+    if with_optimizer:
+        set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+    else:
+        set_model_state_dict(model, state["model"])
+
+
+def full_model_state_dict(model: nn.Module) -> dict[str, torch.Tensor] | None:
+    """The whole model's weights on the CPU, on rank 0 (None on the other ranks); a collective with FSDP."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    if not is_sharded(model):
+        state = unwrap(model).state_dict()
+        return {k: v.detach().cpu() for k, v in state.items()} if rank_and_world()[0] == 0 else None
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)  # gathered to rank 0 only
+    state = get_model_state_dict(model, options=options)
+    return state if rank_and_world()[0] == 0 else None
+
+
+# ---------------------------------------------------------------------------------------
+# Memory per rank, measured
+# ---------------------------------------------------------------------------------------
+
+
+def _memory_worker(rank: int, world_size: int, init_method: str, out_path: str, config: TransformerConfig,
+                   parallels: Sequence[str]) -> None:  # fmt: skip
+    """One rank of `measure_memory_per_rank` (top level, so that spawn can pickle it)."""
+    from llm_course.trainer import TrainConfig, Trainer
+
     torch.set_num_threads(1)
-    init_process(rank, world_size, backend="gloo", init_method=init_method, timeout_s=60)
+    init_process(rank, world_size, backend="gloo", init_method=init_method, timeout_s=120)
     try:
-        results = {mode: train_data_parallel(rank, world_size, mode, **kwargs) for mode in modes}
-        ring_input = torch.arange(10, dtype=torch.float32) * (rank + 1)  # (10,)
-        ring, builtin = ring_all_reduce(ring_input.clone()), ring_input.clone()
-        dist.all_reduce(builtin)
-        results["ring_all_reduce"], results["all_reduce"] = ring, builtin
+        tokens = torch.randint(0, config.vocab_size, (4096,), generator=torch.Generator().manual_seed(0))
+        results = {}
+        for parallel in parallels:
+            model = wrap_model(Transformer(config, generator=torch.Generator().manual_seed(0)), parallel)
+            trainer = Trainer(model, TrainConfig(batch_size=1, seq_len=16, max_steps=2, warmup_steps=1), tokens, log=None)
+            trainer.train_step()  # creates the optimizer's state
+            loss, _ = trainer.compute_loss(trainer.get_batch())
+            loss.backward()  # the gradients, as they are when the optimizer steps
+            results[parallel] = measured_memory_per_rank(model, trainer.optimizer)
         torch.save(results, f"{out_path}.rank{rank}")
     finally:
         dist.destroy_process_group()
 
 
-def run_data_parallel(out_dir: str, world_size: int = 2, modes: Sequence[str] = ("manual", "ddp"),
-                      timeout_s: float = 120.0, **kwargs) -> list[dict]:  # fmt: skip
-    """Start `world_size` gloo processes on 127.0.0.1 and train the demo model in each `mode`.
+def measure_memory_per_rank(config: TransformerConfig, world_size: int = 2, parallels: Sequence[str] = ("ddp", "fsdp"),
+                            timeout_s: float = 300.0) -> list[dict[str, dict[str, int]]]:  # fmt: skip
+    """Train `config`'s model one step with the course's Trainer in `world_size` gloo processes,
+    wrapped in each of `parallels`, and return, for each rank, {parallel: measured_memory_per_rank}.
 
-    Uses ``torch.multiprocessing.spawn``; the processes meet through a free TCP port on the
-    loopback interface; if they have not finished after `timeout_s` seconds they are killed
-    and TimeoutError is raised. Returns, for each rank, a dict: mode -> final state dict, plus the
-    results of :func:`ring_all_reduce` and ``dist.all_reduce`` on a test tensor. `kwargs` go
-    to :func:`train_data_parallel` (steps, optimizer, lr, batch_size, seed).
+    The processes are started with ``torch.multiprocessing`` (spawn) and meet on a free port of
+    127.0.0.1; after `timeout_s` seconds they are killed and TimeoutError is raised.
     """
+    import tempfile
+
     import torch.multiprocessing as mp
 
-    init_method = f"tcp://127.0.0.1:{find_free_port()}"
-    out_path = os.path.join(out_dir, "dp_result")
-    args = (world_size, init_method, out_path, tuple(modes), kwargs)
-    context = mp.start_processes(_spawned_worker, args=args, nprocs=world_size, join=False, start_method="spawn")
-    deadline = time.monotonic() + timeout_s
-    while not context.join(timeout=0.5):  # raises if a process failed
-        if time.monotonic() > deadline:
-            for process in context.processes:
-                process.kill()
-            raise TimeoutError(f"{world_size} data-parallel processes did not finish within {timeout_s:g} s")
-    return [torch.load(f"{out_path}.rank{r}") for r in range(world_size)]
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """Entry point for ``torchrun --nproc_per_node=N -m llm_course.distributed --out weights.pt``."""
-    parser = argparse.ArgumentParser(description="Data-parallel training of a tiny GPT (run under torchrun).")
-    parser.add_argument("--out", required=True, help="where rank 0 writes the final state dict")
-    parser.add_argument("--mode", choices=["manual", "ddp"], default="ddp")
-    parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd")
-    parser.add_argument("--lr", type=float, default=0.1)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--backend", choices=["gloo", "nccl"], default=None, help="default: nccl if CUDA, else gloo")
-    args = parser.parse_args(argv)
-    backend = init_process(backend=args.backend)
-    rank, world_size = dist.get_rank(), dist.get_world_size()
-    # The script, not the library, picks the device: one GPU per process for NCCL.
-    device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if backend == "nccl" else "cpu"
-    if device != "cpu":
-        torch.cuda.set_device(device)
-    try:
-        state = train_data_parallel(rank, world_size, args.mode, steps=args.steps, optimizer=args.optimizer,
-                                    lr=args.lr, batch_size=args.batch_size, device=device)  # fmt: skip
-        if rank == 0:
-            torch.save(state, args.out)
-            print(f"{backend}: {world_size} ranks, {args.steps} steps, weights written to {args.out}")
-    finally:
-        dist.destroy_process_group()
-
-
-if __name__ == "__main__":
-    main()
+    with tempfile.TemporaryDirectory() as tmp:
+        out_path = os.path.join(tmp, "memory")
+        args = (world_size, f"tcp://127.0.0.1:{find_free_port()}", out_path, config, tuple(parallels))
+        context = mp.start_processes(_memory_worker, args=args, nprocs=world_size, join=False, start_method="spawn")
+        deadline = time.monotonic() + timeout_s
+        while not context.join(timeout=0.5):  # raises if a process failed
+            if time.monotonic() > deadline:
+                for process in context.processes:
+                    process.kill()
+                raise TimeoutError(f"{world_size} processes did not finish within {timeout_s:g} s")
+        return [torch.load(f"{out_path}.rank{r}") for r in range(world_size)]

@@ -14,9 +14,10 @@ difference of the chosen and rejected ones is the reward margin.
 The reference pi_ref is the SFT model, frozen. When the policy is the SFT model with LoRA
 adapters, switching the adapters off (`lora.lora_disabled`) *is* the reference: no second copy.
 `collate_pairs` and `pair_logprobs` batch the chosen and rejected responses of
-`preferences.Preference` pairs into one forward pass; `dpo_step` is one update (reference
-log-probabilities with the adapters off, without gradients; the policy's with them on) and
-`dpo_train` the loop, logging the loss, implicit rewards, margins and accuracy.
+`preferences.Preference` pairs into one forward pass; `DPOObjective` is the loss as an
+objective of the course's one training loop (`trainer.Trainer`): reference log-probabilities
+with the adapters off, without gradients, the policy's with them on, and the implicit rewards,
+margin and accuracy as metrics. `pair_batches` is its data source and `dpo_train` runs them.
 
 Left out: IPO, KTO and the other variants, label smoothing (conservative DPO), and
 precomputing the reference log-probabilities once for the whole data set.
@@ -24,7 +25,6 @@ precomputing the reference log-probabilities once for the whole data set.
 
 from __future__ import annotations
 
-import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,7 +36,9 @@ from torch.nn import functional as F
 from llm_course.lora import lora_disabled, lora_layers
 from llm_course.ppo import token_logprobs
 from llm_course.preferences import Preference, collate_responses
+from llm_course.shuffled_batches import ShuffledBatches
 from llm_course.tokenizer import Tokenizer
+from llm_course.trainer import TrainConfig, Trainer
 
 
 def sequence_logprobs(logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -74,19 +76,6 @@ def dpo_loss(
 
 
 # --------------------------------------------------------------------------- training
-@dataclass
-class DPOResult:
-    """What `dpo_train` measured, one entry per step (`tracked`: one per `track_every` steps)."""
-
-    losses: list[float]  # the DPO loss
-    chosen_rewards: list[float]  # mean implicit reward of the chosen responses
-    rejected_rewards: list[float]  # mean implicit reward of the rejected responses
-    margins: list[float]  # mean (chosen - rejected) implicit reward
-    accuracies: list[float]  # fraction of pairs with a positive margin
-    tracked: dict[str, list[float]]  # "step" and whatever track_fn returned
-    seconds: float  # wall-clock time of the steps (tracking excluded)
-
-
 def collate_pairs(pairs: list[Preference], tokenizer: Tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
     """(tokens (2B, T), response_mask (2B, T)) of `pairs`: the B chosen responses, then the B rejected ones."""
     instructions = [p.instruction for p in pairs] * 2
@@ -102,24 +91,52 @@ def pair_logprobs(policy: nn.Module, tokens: torch.Tensor, mask: torch.Tensor) -
     return logps[:half], logps[half:]
 
 
-def dpo_step(
-    policy: nn.Module, opt: torch.optim.Optimizer, tokens: torch.Tensor, mask: torch.Tensor, beta: float
-) -> tuple[float, torch.Tensor, torch.Tensor]:
-    """One DPO step on a batch of `collate_pairs`: the reference's log-probabilities with the adapters off
-    (no gradients), the policy's with them on, `dpo_loss`, one optimizer step.
-    Returns (loss, implicit rewards of the chosen (B,), of the rejected (B,))."""
-    with torch.no_grad(), lora_disabled(policy):
-        ref_chosen, ref_rejected = pair_logprobs(policy, tokens, mask)
-    policy.train()
-    policy_chosen, policy_rejected = pair_logprobs(policy, tokens, mask)
-    loss = dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta)
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
-    policy.eval()
-    chosen = implicit_rewards(policy_chosen.detach(), ref_chosen, beta)
-    rejected = implicit_rewards(policy_rejected.detach(), ref_rejected, beta)
-    return loss.item(), chosen, rejected
+@dataclass(frozen=True)
+class DPOObjective:
+    """DPO as an objective of the course's `Trainer`, on a batch of `collate_pairs` (tokens (2B, T), mask (2B, T)).
+
+    The reference's log-probabilities come from the policy itself with its LoRA adapters off
+    (`lora_disabled`), without gradients; the policy's with them on. Metrics: the mean implicit
+    rewards of the chosen and rejected responses, their margin, and the fraction of pairs with
+    a positive margin (accuracy)."""
+
+    beta: float = 0.1
+
+    def __post_init__(self):
+        if self.beta <= 0:
+            raise ValueError(f"beta must be positive, got {self.beta}")
+
+    def __call__(self, policy: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, dict]:
+        tokens, mask = batch
+        with torch.no_grad(), lora_disabled(policy):
+            ref_chosen, ref_rejected = pair_logprobs(policy, tokens, mask)  # (B,) each
+        policy_chosen, policy_rejected = pair_logprobs(policy, tokens, mask)
+        loss = dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, self.beta)
+        chosen = implicit_rewards(policy_chosen.detach(), ref_chosen, self.beta)  # (B,)
+        rejected = implicit_rewards(policy_rejected.detach(), ref_rejected, self.beta)
+        return loss, {"chosen_reward": chosen.mean(), "rejected_reward": rejected.mean(),
+                      "margin": (chosen - rejected).mean(), "accuracy": (chosen > rejected).float().mean()}  # fmt: skip
+
+
+def pair_batches(pairs: list[Preference], tokenizer: Tokenizer, batch_size: int, seed: int = 0) -> ShuffledBatches:
+    """DPO's data source: `pairs` in a seeded order, `batch_size` at a time, by `collate_pairs`."""
+    if not pairs:
+        raise ValueError("DPO needs at least one preference pair")
+    return ShuffledBatches(pairs, batch_size, lambda batch: collate_pairs(batch, tokenizer), seed)
+
+
+@dataclass
+class DPOResult:
+    """What `dpo_train` measured, one entry per step (`tracked`: one per `track_every` steps)."""
+
+    losses: list[float]  # the DPO loss
+    chosen_rewards: list[float]  # mean implicit reward of the chosen responses
+    rejected_rewards: list[float]  # mean implicit reward of the rejected responses
+    margins: list[float]  # mean (chosen - rejected) implicit reward
+    accuracies: list[float]  # fraction of pairs with a positive margin
+    tracked: dict[str, list[float]]  # "step" and whatever track_fn returned
+    seconds: float  # wall-clock time of the steps (tracking excluded)
+    trainer: Trainer  # the trainer that ran it
 
 
 def dpo_train(
@@ -133,36 +150,32 @@ def dpo_train(
     seed: int = 0,
     track_fn: Callable[[nn.Module], dict[str, float]] | None = None,
     track_every: int = 10,
+    warmup_steps: int = 0,
+    min_lr_ratio: float = 1.0,
 ) -> DPOResult:
-    """DPO on a LoRA `policy`; the reference is the same model with its adapters off (`lora_disabled`).
+    """DPO on a LoRA `policy`: the course's `Trainer` with `DPOObjective(beta)` on `pair_batches`.
 
-    AdamW on the adapters, batches of `pairs` drawn with `seed`. `track_fn(policy)` is called
-    before the first step and every `track_every` steps (e.g. to sample and measure the policy)."""
+    AdamW on the adapters (betas (0.9, 0.999), no weight decay, no clipping), `optim.warmup_cosine`
+    with `warmup_steps` and `min_lr_ratio` (the defaults: a constant learning rate). `track_fn(policy)` is called before
+    the first step and every `track_every` steps (e.g. to sample and measure the policy)."""
     if not lora_layers(policy):
         raise ValueError("the policy has no LoRA adapters: its reference is the policy with adapters off (lora.apply_lora first)")
-    if not pairs:
-        raise ValueError("dpo_train needs at least one preference pair")
-    device = next(policy.parameters()).device
-    opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
-    rng = random.Random(seed)
-    result = DPOResult([], [], [], [], [], {}, 0.0)
-
-    def track(step: int) -> None:
-        if track_fn is not None:
-            for k, v in {"step": step, **track_fn(policy)}.items():
-                result.tracked.setdefault(k, []).append(float(v))
-
-    for step in range(steps):
-        if step % track_every == 0:
-            track(step)
+    data = pair_batches(pairs, tokenizer, batch_size, seed)
+    config = TrainConfig(
+        batch_size=2 * data.batch_size, seq_len=1, max_steps=steps, lr=lr, min_lr_ratio=min_lr_ratio,
+        warmup_steps=warmup_steps, weight_decay=0.0, beta2=0.999,
+        grad_clip=0.0, spike_threshold=0.0, eval_interval=0, seed=seed,
+    )  # fmt: skip
+    trainer = Trainer(policy, config, data=data, objective=DPOObjective(beta), log=None)
+    tracked: dict[str, list[float]] = {}
+    seconds = 0.0
+    for until in [*range(0, steps, track_every), steps]:
         start = time.perf_counter()
-        tokens, mask = collate_pairs(rng.sample(pairs, min(batch_size, len(pairs))), tokenizer)
-        loss, chosen, rejected = dpo_step(policy, opt, tokens.to(device), mask.to(device), beta)
-        result.losses.append(loss)
-        result.chosen_rewards.append(chosen.mean().item())
-        result.rejected_rewards.append(rejected.mean().item())
-        result.margins.append((chosen - rejected).mean().item())
-        result.accuracies.append((chosen > rejected).float().mean().item())
-        result.seconds += time.perf_counter() - start
-    track(steps)
-    return result
+        trainer.train(until_step=until)
+        seconds += time.perf_counter() - start
+        policy.eval()
+        if track_fn is not None:
+            for k, v in {"step": until, **track_fn(policy)}.items():
+                tracked.setdefault(k, []).append(float(v))
+    h = trainer.history
+    return DPOResult(h["loss"], h["chosen_reward"], h["rejected_reward"], h["margin"], h["accuracy"], tracked, seconds, trainer)

@@ -12,8 +12,10 @@ Implements
 - the modules `TokenEmbedding`, `LearnedPositionalEmbedding` (GPT-2's `wpe`) and
   `SinusoidalPositionalEncoding` (a constant table kept in a buffer).
 
-Rotary embeddings (RoPE) are in `llm_course.rope`. Left out: relative-position biases
-(T5, ALiBi), embedding scaling by sqrt(d_model) (the original transformer), padding indices.
+Rotary embeddings (RoPE) are in `llm_course.rope`, ALiBi's distance bias in
+`llm_course.attention`. Left out: T5's learned relative-position buckets, embedding scaling by
+sqrt(d_model) (the original transformer; `SinusoidalPositionalEncoding` takes a `scale` for the
+table instead), padding indices.
 
 Dimension names used throughout the package: B batch, T sequence length, C = d_model,
 V vocabulary size, H heads, D = d_head.
@@ -167,11 +169,18 @@ def sinusoidal_shift_matrix(offset: float, d_model: int, base: float = 10000.0) 
 
 
 class SinusoidalPositionalEncoding(nn.Module):
-    """The fixed sinusoidal table, stored as a (non-learned, non-saved) buffer: positions -> (..., C)."""
+    """The fixed sinusoidal table, stored as a (non-learned, non-saved) buffer: positions -> (..., C).
 
-    def __init__(self, max_seq_len: int, d_model: int, base: float = 10000.0):
+    `scale` multiplies the table. The paper adds it as it is (values in [-1, 1]) to token
+    embeddings multiplied by sqrt(d_model); with GPT-2's small embeddings (std 0.02) and no
+    such multiplier the table drowns the tokens, and a scale near 0.02 * sqrt(2) (the same
+    root-mean-square as the embeddings) puts them on an equal footing.
+    """
+
+    def __init__(self, max_seq_len: int, d_model: int, base: float = 10000.0, scale: float = 1.0):
         super().__init__()
-        self.register_buffer("pe", sinusoidal_encoding(max_seq_len, d_model, base), persistent=False)
+        self.scale = scale
+        self.register_buffer("pe", scale * sinusoidal_encoding(max_seq_len, d_model, base), persistent=False)
 
     def forward(self, positions: torch.Tensor) -> torch.Tensor:
         return self.pe[positions]  # (T, C) or (B, T, C)

@@ -3,8 +3,9 @@
 - **Lost in the middle** (Liu et al. 2023, "Lost in the Middle: How Language Models Use Long
   Contexts"): a synthetic key-value retrieval task. A context lists `n_pairs` pairs
   ``key value`` (distinct keys, random values), then a query token and one of the keys; the
-  answer is that key's value. `train_retrieval_model` trains a small `Transformer` on it (cached
-  on disk), and `retrieval_accuracy_by_position` measures accuracy and the probability of the
+  answer is that key's value. `train_retrieval_model` trains a small `Transformer` on it with the
+  course's `Trainer` (objective `answer_cross_entropy`, data `RetrievalBatches`; cached with
+  `llm_course.cache`), and `retrieval_accuracy_by_position` measures accuracy and the probability of the
   right value against the position of the answer in the context.
 - **Calibration** (Guo et al. 2017, "On Calibration of Modern Neural Networks"): the model's
   top-1 probability against how often it is right, in equal-width bins (`reliability_bins`),
@@ -19,9 +20,7 @@ Left out: real long-context models and benchmarks, and multi-token answers.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,9 +29,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from llm_course import cache as course_cache
 from llm_course.checkpoints import load_model, save_model
+from llm_course.trainer import Trainer, TrainConfig
 from llm_course.transformer import Transformer, TransformerConfig
-from llm_course.utils import cache_dir
 
 
 # ---------------------------------------------------------------------------------------
@@ -141,7 +141,7 @@ class RetrievalTraining:
     position: str = "learned"  # position encoding (learned, as in GPT-2)
     steps: int = 1500  # optimizer steps
     batch_size: int = 64  # examples per step
-    lr: float = 3e-3  # peak AdamW learning rate (linear warmup, then constant)
+    lr: float = 3e-3  # peak AdamW learning rate (linear warmup over 5% of the steps, then constant)
     min_pairs: int = 2  # the curriculum starts with contexts of this many pairs ...
     curriculum_steps: int = 600  # ... and reaches task.n_pairs here; after it lengths are uniform in min_pairs .. n_pairs
     middle_weight: float = 1.0  # how often the answer sits mid-context, relative to the two ends (1: uniform)
@@ -152,12 +152,6 @@ class RetrievalTraining:
             vocab_size=self.task.vocab_size, context_length=self.task.seq_len(), d_model=self.d_model,
             n_layers=self.n_layers, n_heads=self.n_heads, position=self.position,
         )  # fmt: skip
-
-    def key(self) -> str:
-        """A hash of the settings (and of this module's source): the cache folder's name."""
-        source = Path(__file__).read_bytes()
-        text = json.dumps(dataclasses.asdict(self), sort_keys=True).encode()
-        return hashlib.sha256(text + source).hexdigest()[:16]
 
 
 def answer_position_weights(n_pairs: int, middle_weight: float) -> torch.Tensor:
@@ -173,58 +167,86 @@ def _curriculum_pairs(cfg: RetrievalTraining, step: int, generator: torch.Genera
     return int(torch.randint(cfg.min_pairs, int(round(longest)) + 1, (1,), generator=generator))
 
 
-def train_retrieval_model(cfg: RetrievalTraining = RetrievalTraining(), log: Callable[[str], None] | None = None):
-    """Train a Transformer on the retrieval task; the loss is the cross-entropy of the answer only.
+@dataclass
+class RetrievalBatches:
+    """The retrieval model's training data, a data source of the `Trainer`: batch i has a curriculum
+    length of contexts and answers placed by `answer_position_weights`, drawn from a generator seeded
+    with (seed, i). Its state is the number of batches drawn, so a resumed run continues exactly."""
 
-    Returns (model, losses): the model in eval mode and the loss of every step.
-    """
-    generator = torch.Generator().manual_seed(cfg.seed)
-    model = Transformer(cfg.model_config(), generator=generator)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
-    warmup = max(1, cfg.steps // 20)
-    losses = []
-    model.train()
-    for step in range(cfg.steps):
-        for group in optimizer.param_groups:
-            group["lr"] = cfg.lr * min(1.0, (step + 1) / warmup)
-        n_pairs = _curriculum_pairs(cfg, step, generator)
+    cfg: RetrievalTraining
+    drawn: int = 0  # batches handed out so far (the curriculum's step)
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ids (B, T), targets (B,)): B examples of one context length, the answers of their queries."""
+        cfg = self.cfg
+        generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.drawn)
+        n_pairs = _curriculum_pairs(cfg, self.drawn, generator)
         weights = answer_position_weights(n_pairs, cfg.middle_weight)
         positions = torch.multinomial(weights, cfg.batch_size, replacement=True, generator=generator)  # (B,)
         ids, targets, _ = make_retrieval_batch(cfg.task, cfg.batch_size, generator, n_pairs, positions)
-        logits = model(ids)[:, -1]  # (B, V): the prediction after the query key
-        loss = F.cross_entropy(logits, targets)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        losses.append(loss.item())
-        if log is not None and (step + 1) % 250 == 0:
-            log(f"step {step + 1}: loss {sum(losses[-50:]) / len(losses[-50:]):.3f}")
+        self.drawn += 1
+        return ids, targets
+
+    def state_dict(self) -> dict:
+        return {"drawn": self.drawn}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.drawn = state["drawn"]
+
+
+def answer_cross_entropy(model: Transformer, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, dict]:
+    """The retrieval model's objective: the cross-entropy of the answer alone, predicted after the query key."""
+    ids, targets = batch  # (B, T), (B,)
+    logits = model(ids)[:, -1]  # (B, V)
+    return F.cross_entropy(logits.float(), targets), {}
+
+
+def retrieval_train_config(cfg: RetrievalTraining) -> TrainConfig:
+    """The `Trainer`'s settings: AdamW (PyTorch's fused kernel: for a model this small the optimizer's
+    per-tensor overhead is a large part of a step; betas 0.9, 0.999, no weight decay), a linear warmup
+    over the first 5% of the steps, then the peak rate to the end (a cosine down to min_lr_ratio 1),
+    clipping at 1."""
+    return TrainConfig(
+        batch_size=cfg.batch_size, seq_len=cfg.task.seq_len(), max_steps=cfg.steps, lr=cfg.lr, min_lr_ratio=1.0,
+        warmup_steps=max(1, cfg.steps // 20), weight_decay=0.0, beta2=0.999, grad_clip=1.0, eval_interval=0,
+        spike_threshold=0.0, fused_adamw=True, seed=cfg.seed,
+    )  # fmt: skip
+
+
+def train_retrieval_model(cfg: RetrievalTraining = RetrievalTraining(), log: Callable[[str], None] | None = None):
+    """Train a Transformer on the retrieval task with the course's `Trainer`; the loss is the
+    cross-entropy of the answer only (`answer_cross_entropy`), the data `RetrievalBatches`.
+
+    Returns (model, losses): the model in eval mode and the loss of every step.
+    """
+    model = Transformer(cfg.model_config(), generator=torch.Generator().manual_seed(cfg.seed))
+    trainer = Trainer(model, retrieval_train_config(cfg), data=RetrievalBatches(cfg), objective=answer_cross_entropy,
+                      log=log)  # fmt: skip
+    losses = trainer.train()["loss"]
+    if log is not None:
+        log(f"{cfg.steps} steps: loss of the last 50 {sum(losses[-50:]) / len(losses[-50:]):.3f}")
     return model.eval(), losses
 
 
 def retrieval_cache_dir(cfg: RetrievalTraining = RetrievalTraining(), cache: str | Path | None = None) -> Path:
-    """$LLM_COURSE_CACHE (or ~/.cache/llm_course) / failures / retrieval-<key>."""
-    root = Path(cache) if cache is not None else cache_dir()
-    return root.expanduser() / "failures" / f"retrieval-{cfg.key()}"
+    """$LLM_COURSE_CACHE (or ~/.cache/llm_course) / failures / retrieval-<key>: the key hashes the
+    settings and the code of this module and of every llm_course module it imports (`llm_course.cache`)."""
+    return course_cache.entry_dir("failures", "retrieval", cfg, __name__, cache)
 
 
 def load_retrieval_model(
     cfg: RetrievalTraining = RetrievalTraining(), cache: str | Path | None = None, log: Callable[[str], None] | None = None
 ) -> tuple[Transformer, dict]:
     """The trained retrieval model and its info (losses, seconds): trained once, then read from the cache."""
-    folder = retrieval_cache_dir(cfg, cache)
-    if not (folder / "info.json").exists():
+
+    def build(tmp: Path) -> None:
         start = time.perf_counter()
         model, losses = train_retrieval_model(cfg, log)
-        info = {"settings": dataclasses.asdict(cfg), "losses": losses, "seconds": time.perf_counter() - start}
-        tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
         save_model(model, tmp)
+        info = {"settings": dataclasses.asdict(cfg), "losses": losses, "seconds": time.perf_counter() - start}
         (tmp / "info.json").write_text(json.dumps(info))
-        try:
-            tmp.rename(folder)
-        except OSError:  # another process finished first: use its model
-            pass
+
+    folder = course_cache.cached_entry("failures", "retrieval", cfg, __name__, build, cache)
     model = load_model(folder).eval()
     return model, json.loads((folder / "info.json").read_text())
 

@@ -3,10 +3,12 @@
 Implements
 - `generate`: autoregressive decoding. Each step runs the model on the tokens so far,
   takes the logits of the last position and picks the next token with
-  `llm_course.sampling.sample_next` (greedy, temperature, top-k, top-p, with an explicit
-  `torch.Generator`); it stops after `max_new_tokens` or when every row has produced
-  `eos_id`. With the same weights, greedy decoding gives the tokens of Hugging Face's
-  `generate(do_sample=False)` (tests/test_generation.py).
+  `llm_course.sampling.sample_next` (greedy, temperature, top-k, top-p, min-p, with an
+  explicit `torch.Generator`), after the repetition, frequency and presence penalties; it
+  stops after `max_new_tokens`, when every row has produced `eos_id`, or when the decoded
+  text of every row contains one of the `stop` strings. With the same weights, greedy
+  decoding gives the tokens of Hugging Face's `generate(do_sample=False)`
+  (tests/test_generation.py). Beam search is in `llm_course.beam_search`.
 - `token_nlls` and `perplexity`: the negative log-likelihood of every token of a text
   given the tokens before it, read through a sliding window of `context_length` tokens
   moved by `stride`, and exp(mean NLL), the perplexity. This is the strided evaluation of
@@ -17,7 +19,7 @@ Implements
   written by `llm_course.tokenizer.Tokenizer.save`.
 
 `generate(..., use_cache=True)` uses chapter 09's KV cache; without it every step recomputes
-the whole window. Left out: beam search, batches of prompts of different lengths (padding).
+the whole window. Left out: batches of prompts of different lengths (padding).
 """
 
 from __future__ import annotations
@@ -28,11 +30,13 @@ import json
 import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from llm_course import sampling
 from llm_course.sampling import check_sampling_settings, sample_next
 
 TOKENIZER_NAME = "tokenizer.json"  # the tokenizer's file name in a checkpoint folder (others are searched)
@@ -59,6 +63,34 @@ def next_token_logits(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
     return model(window)[:, -1, :]  # (B, V)
 
 
+class Decoder(Protocol):
+    """What stop strings need from a tokenizer: ids -> text (`llm_course.tokenizer.Tokenizer` is one)."""
+
+    def decode(self, ids: list[int]) -> str: ...
+
+
+def check_stop(
+    stop: Sequence[str] | None, tokenizer: Decoder | None = None, need_tokenizer: bool = True
+) -> tuple[str, ...]:
+    """The stop strings as a tuple (empty if None); clear errors for a bare str, empty strings, no tokenizer."""
+    if stop is None:
+        return ()
+    if isinstance(stop, str):
+        raise TypeError(f"stop must be a list of strings, got the string {stop!r}: write stop=[{stop!r}]")
+    stop = tuple(stop)
+    if any(not isinstance(s, str) or not s for s in stop):
+        raise ValueError(f"stop strings must be non-empty strings, got {stop!r}")
+    if stop and need_tokenizer and tokenizer is None:
+        raise ValueError("stop strings are matched in the decoded text: pass the tokenizer too")
+    return stop
+
+
+def truncate_at_stop(text: str, stop: Sequence[str]) -> str:
+    """`text` up to (not including) the first occurrence of any stop string: what a user is shown."""
+    found = [text.find(s) for s in check_stop(stop, need_tokenizer=False)]
+    return text[: min((i for i in found if i >= 0), default=len(text))]
+
+
 def generate(
     model: nn.Module,
     idx: torch.Tensor,
@@ -69,6 +101,13 @@ def generate(
     generator: torch.Generator | None = None,
     eos_id: int | None = None,
     use_cache: bool = False,
+    *,
+    min_p: float | None = None,
+    repetition_penalty: float | None = None,
+    frequency_penalty: float = 0.0,
+    presence_penalty: float = 0.0,
+    stop: Sequence[str] | None = None,
+    tokenizer: Decoder | None = None,
 ) -> torch.Tensor:
     """Continue each row of the prompt `idx` (B, T) by up to `max_new_tokens` tokens: (B, T + n).
 
@@ -80,14 +119,26 @@ def generate(
     `use_cache` keeps the keys and values in a `llm_course.kv_cache.KVCache` (chapter 09):
     each step feeds only the new token. The cache does not slide, so prompt + new tokens
     must fit in the model's context_length.
+
+    Before sampling, `repetition_penalty` (Hugging Face's rule, over prompt and new tokens)
+    and then `frequency_penalty` / `presence_penalty` (OpenAI's, over the new tokens only)
+    change the logits; `min_p` filters after top-p. `stop` lists strings that end a row
+    once its decoded new text (with `tokenizer.decode`) contains one: the match may span
+    several tokens or end inside one, and the returned tokens include the one that
+    completed it (cut the text with `truncate_at_stop`). With more than one row, finished
+    rows are padded with `eos_id`, which must then be given.
     """
-    check_sampling_settings(temperature, top_k, top_p)
+    check_sampling_settings(temperature, top_k, top_p, min_p, repetition_penalty)
+    stop = check_stop(stop, tokenizer)
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
     if not isinstance(idx, torch.Tensor) or idx.dim() != 2:
         raise ValueError(f"idx must be a (B, T) tensor of token ids, got {getattr(idx, 'shape', type(idx).__name__)}")
     model.check_inputs(idx[:, -model.config.context_length :])  # ids in range, at least one token
+    if stop and idx.shape[0] > 1 and eos_id is None:
+        raise ValueError("with stop strings and more than one row, pass eos_id: it pads the rows that stopped")
     tokens = idx.long()  # (B, T)
+    prompt_length = tokens.shape[1]
     finished = torch.zeros(tokens.shape[0], dtype=torch.bool, device=tokens.device)  # (B,)
     cache = None
     if use_cache:
@@ -103,14 +154,36 @@ def generate(
                 logits = next_token_logits(model, tokens)  # (B, V)
             else:
                 logits = model(tokens[:, cache.length :], cache=cache)[:, -1, :]  # (B, V)
-            next_id = sample_next(logits, temperature, top_k, top_p, generator)  # (B,)
+            if repetition_penalty is not None:
+                logits = sampling.repetition_penalty(logits, tokens, repetition_penalty)
+            if frequency_penalty or presence_penalty:
+                new = tokens[:, prompt_length:]  # (B, n) the tokens generated so far
+                logits = sampling.frequency_penalty(logits, new, frequency_penalty, presence_penalty)
+            next_id = sample_next(logits, temperature, top_k, top_p, generator, min_p)  # (B,)
             if eos_id is not None:
                 next_id = next_id.masked_fill(finished, eos_id)  # finished rows are padded with eos
                 finished |= next_id == eos_id
             tokens = torch.cat([tokens, next_id[:, None]], dim=1)  # (B, T + 1)
-            if eos_id is not None and bool(finished.all()):
+            if stop:
+                finished |= _contains_stop(tokens[:, prompt_length:], finished, stop, tokenizer)
+            if (eos_id is not None or stop) and bool(finished.all()):
                 break
     return tokens
+
+
+def _contains_stop(
+    new: torch.Tensor, finished: torch.Tensor, stop: tuple[str, ...], tokenizer: Decoder
+) -> torch.Tensor:
+    """(B,) bool: the rows not finished yet whose new tokens (B, n) decode to text containing a stop string.
+
+    The whole new text is searched, not only its last token: a stop string may begin in one
+    token and end in the next, and a token may run past its end ("\n\nThe" for "\n\n").
+    """
+    hits = []
+    for row, done in zip(new.tolist(), finished.tolist()):
+        text = "" if done else tokenizer.decode(row)
+        hits.append(any(s in text for s in stop))
+    return torch.tensor(hits, device=new.device)
 
 
 # ---------------------------------------------------------------------------------------

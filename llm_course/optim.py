@@ -162,7 +162,9 @@ def grad_norm(grads: Sequence[torch.Tensor]) -> torch.Tensor:
     if len(grads) == 0:
         return torch.tensor(0.0)
     norms = torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])  # one norm per tensor
-    return torch.linalg.vector_norm(norms)
+    total = torch.linalg.vector_norm(norms)
+    # FSDP's gradients are shards (DTensors): their norm is reduced over the ranks into a plain tensor.
+    return total.full_tensor() if hasattr(total, "full_tensor") else total
 
 
 def clip_grad_norm(grads: Sequence[torch.Tensor], max_norm: float) -> tuple[list[torch.Tensor], torch.Tensor]:

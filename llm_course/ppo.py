@@ -25,10 +25,13 @@ comes after a response's last token (a response that stopped early is padded on 
 
 The stateful parts below them: `ValueHead` (a linear layer on the policy's hidden states),
 `rollout` (sample responses with `generation.generate`, then the log-probabilities under the
-policy and under the reference, the values and the reward model's scores), `ppo_step` (one
-rollout and `epochs` passes of minibatch updates) and `ppo_train` (the loop, with a history
-for plots). The policy carries LoRA adapters (`lora.apply_lora`); the reference is the same
-model with the adapters off (`lora.lora_disabled`), so no second copy is kept.
+policy and under the reference, the values and the reward model's scores), and the update
+phase on the course's one training loop (`trainer.Trainer`): `ActorCritic` (policy and value
+head, the trained module), `PPOObjective` (the loss) and `RolloutMinibatches` (its data
+source: minibatches of the current rollout). `PPO.step` is one iteration (a rollout, then
+`epochs` passes of updates) and `ppo_train` the run, with a history for plots. The policy
+carries LoRA adapters (`lora.apply_lora`); the reference is the same model with the adapters
+off (`lora.lora_disabled`), so no second copy is kept.
 
 Left out: adaptive KL control, reward scaling by running statistics, PPO-ptx (mixing the
 pretraining loss back in), a separate value model, and batches of prompts of different lengths.
@@ -46,6 +49,7 @@ from torch.nn import functional as F
 
 from llm_course.generation import generate
 from llm_course.lora import lora_disabled, lora_layers
+from llm_course.trainer import TrainConfig, Trainer
 
 
 def _check_same_shape(**tensors: torch.Tensor) -> None:
@@ -243,7 +247,7 @@ class PPOConfig:
     """PPO's settings (the defaults are the chapter's)."""
 
     beta: float = 0.1  # weight of the per-token KL penalty; 0 removes it
-    lr: float = 1e-3  # AdamW learning rate (adapters and value head)
+    lr: float = 1e-3  # AdamW's peak learning rate (adapters and value head)
     epochs: int = 4  # passes over each rollout
     minibatch_size: int = 16  # rollouts per update
     clip: float = 0.2  # the clip range of the ratio (and of the value head's move)
@@ -252,64 +256,173 @@ class PPOConfig:
     gamma: float = 1.0  # discount
     lam: float = 0.95  # GAE's lambda
     max_new_tokens: int = 24  # longest response
+    warmup: float = 0.0  # share of the run's updates spent warming the learning rate up (then cosine)
+    min_lr_ratio: float = 1.0  # the cosine ends at min_lr_ratio * lr (1: a constant rate, the chapter's)
+    grad_clip: float = 1.0  # clip the gradient norm of each update to this (0: no clipping)
 
     def __post_init__(self):
         if self.beta < 0:
             raise ValueError(f"beta must be >= 0, got {self.beta}")
         if self.epochs < 1 or self.minibatch_size < 1 or self.max_new_tokens < 1:
             raise ValueError(f"epochs, minibatch_size and max_new_tokens must be >= 1, got {self}")
+        if not 0.0 <= self.warmup < 1.0:
+            raise ValueError(f"warmup is a share of the updates in [0, 1), got {self.warmup}")
+
+
+def ppo_advantages(ro: Rollout, config: PPOConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """(whitened advantages, returns), both (B, n), of a rollout: `kl_penalized_rewards` -> `gae` -> `whiten`."""
+    rewards = kl_penalized_rewards(ro.scores, ro.logprobs, ro.ref_logprobs, ro.mask, config.beta)
+    advantages, returns = gae(rewards, ro.values, ro.mask, config.gamma, config.lam)
+    return whiten(advantages, ro.mask), returns
+
+
+class ActorCritic(nn.Module):
+    """The policy and its value head as one module, what the trainer optimizes (the adapters and the head).
+
+    forward(tokens (B, P + n), prompt_len P) -> (logits (B, n, V), values (B, n)): `policy_outputs`."""
+
+    def __init__(self, policy: nn.Module, value_head: ValueHead):
+        super().__init__()
+        self.policy, self.value_head = policy, value_head
+
+    def forward(self, tokens: torch.Tensor, prompt_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return policy_outputs(self.policy, self.value_head, tokens, prompt_len)
+
+
+@dataclass(frozen=True)
+class PPOObjective:
+    """PPO's update as an objective of the course's `Trainer`, on a minibatch of `RolloutMinibatches`:
+    ppo_clip_loss + vf_coef * value_loss - ent_coef * entropy. Metrics: the three parts and
+    clip_frac, the share of response tokens whose ratio left [1 - clip, 1 + clip]."""
+
+    clip: float = 0.2
+    vf_coef: float = 0.5
+    ent_coef: float = 0.0
+
+    def __call__(self, model: ActorCritic, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
+        tokens, mask = batch["tokens"], batch["mask"]  # (b, P + n), (b, n)
+        P = tokens.shape[1] - mask.shape[1]
+        logits, values = model(tokens, P)  # (b, n, V), (b, n)
+        logprobs = token_logprobs(logits, tokens[:, P:])  # (b, n)
+        pg = ppo_clip_loss(logprobs, batch["logprobs"], batch["advantages"], mask, self.clip)
+        vl = value_loss(values, batch["values"], batch["returns"], mask, self.clip)
+        ent = masked_mean(entropy(logits), mask)
+        ratio = torch.exp(logprobs.detach() - batch["logprobs"])
+        clip_frac = masked_mean(((ratio - 1).abs() > self.clip).float(), mask)
+        loss = pg + self.vf_coef * vl - self.ent_coef * ent
+        return loss, {"policy_loss": pg.detach(), "value_loss": vl.detach(), "entropy": ent.detach(), "clip_frac": clip_frac}
+
+
+class RolloutMinibatches:
+    """PPO's data source: `epochs` passes over the rows of the current rollout, each in a new seeded
+    order, cut into minibatches of `minibatch_size` rows (the last one of a pass may be smaller).
+
+    `set_rollout(rows)` starts the next iteration with new rows (a dict of tensors, (B, ...) each).
+    The position (seed, iteration, epoch, cursor) is the state; the rows themselves are not, so a
+    checkpoint resumes exactly only between iterations, where a new rollout is sampled."""
+
+    def __init__(self, minibatch_size: int, seed: int = 0):
+        if minibatch_size < 1:
+            raise ValueError(f"minibatch_size must be at least 1, got {minibatch_size}")
+        self.minibatch_size, self.seed = minibatch_size, seed
+        self.rows: dict[str, torch.Tensor] | None = None
+        self.iteration, self.epoch, self.cursor = -1, 0, 0
+
+    def updates_per_epoch(self, n_rows: int) -> int:
+        return -(-n_rows // self.minibatch_size)  # ceil
+
+    def set_rollout(self, rows: dict[str, torch.Tensor]) -> None:
+        sizes = {t.shape[0] for t in rows.values()}
+        if len(sizes) != 1:
+            raise ValueError(f"every tensor of a rollout needs the same number of rows, got {sorted(sizes)}")
+        self.rows = rows
+        self.iteration, self.epoch, self.cursor = self.iteration + 1, 0, 0
+        self._order = self._epoch_order()
+
+    def _epoch_order(self) -> torch.Tensor:
+        n = next(iter(self.rows.values())).shape[0]
+        g = torch.Generator().manual_seed((self.seed * 1_000_003 + self.iteration) * 1_009 + self.epoch)
+        return torch.randperm(n, generator=g)
+
+    def next_batch(self) -> dict[str, torch.Tensor]:
+        if self.rows is None:
+            raise RuntimeError("no rollout yet: call set_rollout first")
+        if self.cursor >= len(self._order):
+            self.epoch, self.cursor = self.epoch + 1, 0
+            self._order = self._epoch_order()
+        mb = self._order[self.cursor : self.cursor + self.minibatch_size]
+        self.cursor += self.minibatch_size
+        return {k: t[mb.to(t.device)] for k, t in self.rows.items()}
+
+    def state_dict(self) -> dict:
+        return {"seed": self.seed, "iteration": self.iteration, "epoch": self.epoch, "cursor": self.cursor}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.seed, self.iteration, self.epoch, self.cursor = (state[k] for k in ("seed", "iteration", "epoch", "cursor"))
+        if self.rows is not None:
+            self._order = self._epoch_order()
+
+
+class PPO:
+    """PPO on a LoRA `policy` (the reference: its adapters off) with a value head on its hidden states.
+
+    Each iteration (`step`) rolls out a batch of prompts (`rollout`, separate from training), turns
+    the scores into advantages (`ppo_advantages`), and hands the rows to the course's `Trainer`,
+    which takes `epochs` passes of minibatch AdamW updates on `PPOObjective` (gradients clipped to
+    `grad_clip`, the learning rate on warmup + cosine over all `iterations`)."""
+
+    def __init__(
+        self,
+        policy: nn.Module,
+        value_head: ValueHead,
+        score_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        eos_id: int,
+        config: PPOConfig = PPOConfig(),
+        iterations: int = 50,
+        batch_size: int = 32,
+        seed: int = 0,
+    ):
+        _check_lora(policy)
+        c = self.config = config
+        self.policy, self.value_head, self.score_fn, self.eos_id = policy, value_head, score_fn, eos_id
+        self.data = RolloutMinibatches(c.minibatch_size, seed)
+        self.updates = c.epochs * self.data.updates_per_epoch(batch_size)  # optimizer steps per iteration
+        total = iterations * self.updates
+        train_config = TrainConfig(
+            batch_size=min(c.minibatch_size, batch_size), seq_len=c.max_new_tokens, max_steps=total, lr=c.lr,
+            warmup_steps=int(c.warmup * total), min_lr_ratio=c.min_lr_ratio, weight_decay=0.0, beta2=0.999,
+            grad_clip=c.grad_clip, spike_threshold=0.0, eval_interval=0, seed=seed,
+        )  # fmt: skip
+        self.trainer = Trainer(ActorCritic(policy, value_head), train_config, data=self.data,
+                               objective=PPOObjective(c.clip, c.vf_coef, c.ent_coef), log=None)  # fmt: skip
+        device = next(policy.parameters()).device
+        self.generator = torch.Generator(device=device).manual_seed(seed)  # the rollouts' sampling
+
+    def step(self, prompts: torch.Tensor) -> tuple[Rollout, dict[str, float]]:
+        """One iteration on the prompts (B, P): a rollout, then `epochs` passes of minibatch updates.
+        Returns the rollout and the means of the objective's metrics over the updates."""
+        c, trainer = self.config, self.trainer
+        if trainer.step + self.updates > trainer.config.max_steps:
+            raise RuntimeError(f"the run's {trainer.config.max_steps} updates are done: make a PPO with more iterations")
+        ro = rollout(self.policy, prompts, self.score_fn, self.eos_id, c.max_new_tokens, generator=self.generator,
+                     value_head=self.value_head)  # fmt: skip
+        advantages, returns = ppo_advantages(ro, c)
+        self.data.set_rollout({"tokens": ro.tokens, "mask": ro.mask, "logprobs": ro.logprobs, "values": ro.values,
+                               "advantages": advantages, "returns": returns})  # fmt: skip
+        first = len(trainer.history["loss"])
+        trainer.train(until_step=trainer.step + self.updates)
+        self.policy.eval()
+        names = ("clip_frac", "value_loss", "entropy", "policy_loss")
+        return ro, {k: sum(trainer.history[k][first:]) / len(trainer.history[k][first:]) for k in names}
 
 
 @dataclass
 class PPOResult:
     """What `ppo_train` measured, one entry per iteration (rollout + updates)."""
 
-    history: dict[str, list[float]]  # score, kl, entropy, clip_frac, value_loss, and whatever track_fn returns
+    history: dict[str, list[float]]  # score, kl, length, clip_frac, value_loss, entropy, policy_loss, and track_fn's
     seconds: float  # wall-clock time of the whole run
-
-
-def ppo_step(
-    policy: nn.Module,
-    value_head: ValueHead,
-    opt: torch.optim.Optimizer,
-    prompts: torch.Tensor,
-    score_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    eos_id: int,
-    config: PPOConfig = PPOConfig(),
-    generator: torch.Generator | None = None,
-) -> tuple[Rollout, dict[str, float]]:
-    """One PPO iteration on the prompts (B, P): a rollout, then `config.epochs` passes of minibatch
-    updates. Returns the rollout and the means of clip_frac, value_loss and entropy over the updates."""
-    c = config
-    ro = rollout(policy, prompts, score_fn, eos_id, c.max_new_tokens, generator=generator, value_head=value_head)
-    rewards = kl_penalized_rewards(ro.scores, ro.logprobs, ro.ref_logprobs, ro.mask, c.beta)
-    advantages, returns = gae(rewards, ro.values, ro.mask, c.gamma, c.lam)
-    advantages = whiten(advantages, ro.mask)
-    params = [p for group in opt.param_groups for p in group["params"]]
-    P, B = prompts.shape[1], prompts.shape[0]
-    stats: dict[str, list[float]] = {"clip_frac": [], "value_loss": [], "entropy": []}
-    policy.train()
-    for _ in range(c.epochs):
-        order = torch.randperm(B, generator=generator, device=generator.device if generator else "cpu").to(prompts.device)
-        for i in range(0, B, c.minibatch_size):
-            mb = order[i : i + c.minibatch_size]
-            logits, values = policy_outputs(policy, value_head, ro.tokens[mb], P)
-            logprobs = token_logprobs(logits, ro.tokens[mb, P:])
-            mask = ro.mask[mb]
-            pg = ppo_clip_loss(logprobs, ro.logprobs[mb], advantages[mb], mask, c.clip)
-            vl = value_loss(values, ro.values[mb], returns[mb], mask, c.clip)
-            ent = masked_mean(entropy(logits), mask)
-            loss = pg + c.vf_coef * vl - c.ent_coef * ent
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            ratio = torch.exp(logprobs.detach() - ro.logprobs[mb])
-            stats["clip_frac"].append(masked_mean(((ratio - 1).abs() > c.clip).float(), mask).item())
-            stats["value_loss"].append(vl.item())
-            stats["entropy"].append(ent.item())
-    policy.eval()
-    return ro, {k: sum(v) / len(v) for k, v in stats.items()}
+    trainer: Trainer  # the trainer of the update phase (one entry per update in its history)
 
 
 def ppo_train(
@@ -324,29 +437,25 @@ def ppo_train(
     seed: int = 0,
     track_fn: Callable[[Rollout], dict[str, float]] | None = None,
 ) -> PPOResult:
-    """PPO on a LoRA `policy` (the reference: its adapters off) with a value head on its hidden states.
+    """`iterations` steps of `PPO`, each on `batch_size` of `prompts` (N, P) drawn with `seed`.
 
-    Each iteration (`ppo_step`) samples `batch_size` of `prompts` (N, P), rolls them out (`rollout`),
-    turns the scores into per-token KL-penalised rewards (`kl_penalized_rewards`, `config.beta` = 0:
-    no penalty), estimates advantages with `gae`, whitens them, and takes `config.epochs` passes of
-    minibatch AdamW steps on ppo_clip_loss + vf_coef * value_loss - ent_coef * entropy (gradients
-    clipped to norm 1). `track_fn(rollout)` adds its own numbers (e.g. the ground-truth score) to the history."""
-    _check_lora(policy)
+    Each iteration rolls them out (`rollout`), turns the scores into per-token KL-penalised
+    rewards (`kl_penalized_rewards`, `config.beta` = 0: no penalty), estimates advantages with
+    `gae`, whitens them, and trains on ppo_clip_loss + vf_coef * value_loss - ent_coef * entropy
+    (`PPOObjective`). `track_fn(rollout)` adds its own numbers (e.g. the ground-truth score) to the history."""
     if prompts.dim() != 2 or prompts.shape[0] == 0:
         raise ValueError(f"prompts must be a non-empty (N, P) tensor of token ids, got {tuple(prompts.shape)}")
-    params = [p for p in policy.parameters() if p.requires_grad] + list(value_head.parameters())
-    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
+    runner = PPO(policy, value_head, score_fn, eos_id, config, iterations, batch_size, seed)
     rng = torch.Generator().manual_seed(seed)
-    generator = torch.Generator(device=prompts.device).manual_seed(seed)
     history: dict[str, list[float]] = {}
     start = time.perf_counter()
     for _ in range(iterations):
         batch = prompts[torch.randint(len(prompts), (batch_size,), generator=rng).to(prompts.device)]  # (B, P)
-        ro, stats = ppo_step(policy, value_head, opt, batch, score_fn, eos_id, config, generator)
+        ro, stats = runner.step(batch)
         row = {"score": ro.scores.mean().item(), "kl": ro.kl().mean().item(),
                "length": ro.mask.float().sum(-1).mean().item(), **stats}  # fmt: skip
         if track_fn is not None:
             row.update(track_fn(ro))
         for k, v in row.items():
             history.setdefault(k, []).append(float(v))
-    return PPOResult(history, time.perf_counter() - start)
+    return PPOResult(history, time.perf_counter() - start, runner.trainer)

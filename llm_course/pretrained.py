@@ -5,26 +5,23 @@ that has learned something. `load_pretrained("tiny")` returns one, with its toke
 first call trains it (a few CPU minutes) and writes it to the cache; every later call, in any
 process, reads it back in a fraction of a second.
 
-- The cache lives in `$LLM_COURSE_CACHE` or `~/.cache/llm_course`, under
-  `pretrained/<name>-<key>`, where the key hashes the recipe, the corpus and the source of
-  every module that shapes the weights: a change to any of them trains a new model instead of
-  reusing a stale one.
-- A lock file makes a second process wait for the first one's training instead of doing it
-  again; the model is written to a temporary folder that is renamed into place when complete,
-  so a crash never leaves a half-written model that looks finished.
+- The model is an entry of the course's cache (`llm_course.cache`): `$LLM_COURSE_CACHE` or
+  `~/.cache/llm_course`, under `pretrained/<name>-<key>`, where the key hashes the recipe, the
+  corpus and the code of this module and of every `llm_course` module it imports, transitively:
+  a change to any of them trains a new model instead of reusing a stale one. The cache's lock
+  makes a second process wait for the first one's training, and its atomic rename means a crash
+  never leaves a half-written model that looks finished.
 - Each entry holds model.safetensors + llm_course_config.json (`checkpoints.load_model`),
-  tokenizer.json (`Tokenizer.load`) and info.json (the recipe, the loss curves, the time taken).
+  tokenizer.json (`Tokenizer.load`), info.json (the recipe, the loss curves, the time taken) and
+  the cache's cache.json (what the key was made of).
 
 Left out: downloading anything (nothing is), and removing old entries (they are a few MB each).
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import hashlib
 import json
-import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -32,18 +29,15 @@ from pathlib import Path
 
 import torch
 
+from llm_course import cache as course_cache
 from llm_course.checkpoints import load_model, save_model
 from llm_course.data import load_corpus
 from llm_course.tokenizer import Tokenizer
 from llm_course.trainer import TrainConfig, Trainer, encode_split
 from llm_course.transformer import Transformer, TransformerConfig, tiny
-from llm_course.utils import cache_dir
 
 END_OF_TEXT = "<|endoftext|>"
 
-# Modules whose source determines the trained weights: any edit retrains the cached model.
-SOURCE_MODULES = ("bpe", "tokenizer", "data", "embeddings", "rope", "attention", "ffn", "norms",
-                  "transformer", "checkpoints", "losses", "optim", "trainer", "pretrained")  # fmt: skip
 
 
 @dataclass
@@ -78,11 +72,6 @@ def tiny_recipe() -> Recipe:
 RECIPES = {"tiny": tiny_recipe}
 
 
-def cache_root() -> Path:
-    """$LLM_COURSE_CACHE, or ~/.cache/llm_course (`utils.cache_dir`)."""
-    return cache_dir()
-
-
 def _recipe(recipe: str | Recipe) -> Recipe:
     if isinstance(recipe, Recipe):
         return recipe
@@ -91,48 +80,25 @@ def _recipe(recipe: str | Recipe) -> Recipe:
     return RECIPES[recipe]()
 
 
-def source_hash() -> str:
-    """sha256 of the source of `SOURCE_MODULES` (the code version of a cached model)."""
-    root = Path(__file__).parent
-    digest = hashlib.sha256()
-    for name in SOURCE_MODULES:
-        digest.update(name.encode() + b"\0" + (root / f"{name}.py").read_bytes())
-    return digest.hexdigest()
+def recipe_settings(recipe: str | Recipe, text: str | None = None) -> dict:
+    """What a cached model depends on besides the code: the recipe (not its note) and the corpus text."""
+    r = _recipe(recipe)
+    text = load_corpus(r.corpus) if text is None else text
+    return {
+        "recipe": {k: v for k, v in dataclasses.asdict(r).items() if k != "note"},
+        "corpus_sha256": course_cache.fingerprint(text.encode("utf-8")),
+    }
 
 
 def recipe_key(recipe: str | Recipe, text: str | None = None) -> str:
-    """16 hex digits that change with the recipe, the corpus text and the code version."""
-    r = _recipe(recipe)
-    text = load_corpus(r.corpus) if text is None else text
-    payload = {
-        "recipe": {k: v for k, v in dataclasses.asdict(r).items() if k != "note"},
-        "corpus_sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),
-        "code": source_hash(),
-        "torch": torch.__version__.split("+")[0],
-    }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+    """16 hex digits that change with the recipe, the corpus text and the code (`llm_course.cache`)."""
+    return course_cache.cache_key(recipe_settings(recipe, text), __name__)
 
 
 def pretrained_dir(recipe: str | Recipe = "tiny", cache: str | Path | None = None) -> Path:
     """The cache folder of a recipe's model (which may not exist yet)."""
     r = _recipe(recipe)
-    return (Path(cache) if cache is not None else cache_root()) / "pretrained" / f"{r.name}-{recipe_key(r)}"
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path):
-    """An exclusive lock on `path` (POSIX flock); without fcntl, no lock (the atomic rename still protects)."""
-    try:
-        import fcntl
-    except ImportError:  # Windows
-        yield
-        return
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    return course_cache.entry_dir("pretrained", r.name, recipe_settings(r), __name__, cache)
 
 
 def train_recipe(
@@ -181,22 +147,13 @@ def load_pretrained(
     afterwards. `log` receives the training's lines (None: silent).
     """
     recipe = _recipe(name)
-    final = pretrained_dir(recipe, cache)
-    if not (final / "info.json").exists():
-        final.parent.mkdir(parents=True, exist_ok=True)
-        with _file_lock(final.parent / f".{final.name}.lock"):
-            if not (final / "info.json").exists():  # another process may have finished it while we waited
-                tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
-                shutil.rmtree(tmp, ignore_errors=True)
-                tmp.mkdir()
-                if log is not None:
-                    log(f"training the pretrained model {recipe.name!r} once; it will be cached in {final}")
-                try:
-                    train_recipe(recipe, tmp, train_device, progress, log)
-                    shutil.rmtree(final, ignore_errors=True)  # an incomplete folder, if any
-                    tmp.rename(final)
-                finally:
-                    shutil.rmtree(tmp, ignore_errors=True)
+
+    def build(tmp: Path) -> None:
+        if log is not None:
+            log(f"training the pretrained model {recipe.name!r} once; it will be cached in {tmp.parent}")
+        train_recipe(recipe, tmp, train_device, progress, log)
+
+    final = course_cache.cached_entry("pretrained", recipe.name, recipe_settings(recipe), __name__, build, cache)
     model = load_model(final, device if device is not None else "cpu").eval()
     return model, Tokenizer.load(final / "tokenizer.json")
 
@@ -204,6 +161,6 @@ def load_pretrained(
 def pretrained_info(name: str | Recipe = "tiny", cache: str | Path | None = None) -> dict:
     """The info.json of a cached model (training curves, time, losses); trains it first if needed."""
     final = pretrained_dir(name, cache)
-    if not (final / "info.json").exists():
+    if not course_cache.is_complete(final):
         load_pretrained(name, cache=cache)
     return json.loads((final / "info.json").read_text())

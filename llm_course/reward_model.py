@@ -12,9 +12,11 @@ so the reward model r is trained to maximise the log-likelihood of the observed 
 Only differences of rewards matter: adding a constant to every reward changes nothing.
 
 `RewardModel(trunk)` is a transformer's `features` (its final hidden states) with a linear
-head on the last token of each sequence; `train_reward_model` fits it to
-`preferences.Preference` pairs with AdamW, `evaluate_reward_model` gives the held-out
-preference accuracy and `score_responses` scores tokenized responses (PPO's reward).
+head on the last token of each sequence. `pairwise_objective` is the loss as an objective of
+the course's one training loop (`trainer.Trainer`), `preference_batches` its data source
+(`preferences.Preference` pairs, collated by `collate_pair_rewards`), and
+`train_reward_model` runs them; `evaluate_reward_model` gives the held-out preference
+accuracy and `score_responses` scores tokenized responses (PPO's reward).
 
 Left out: ensembles of reward models, margins from graded preferences (Llama 2), and
 reward normalisation across prompts.
@@ -22,7 +24,6 @@ reward normalisation across prompts.
 
 from __future__ import annotations
 
-import random
 import time
 from dataclasses import dataclass
 
@@ -31,7 +32,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from llm_course.preferences import Preference, collate_responses
+from llm_course.shuffled_batches import ShuffledBatches
 from llm_course.tokenizer import Tokenizer
+from llm_course.trainer import TrainConfig, Trainer
 
 
 def pairwise_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> torch.Tensor:
@@ -46,10 +49,15 @@ def pairwise_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> torch.Ten
     return -F.logsigmoid(r_chosen.float() - r_rejected.float()).mean()
 
 
+def pairwise_accuracy(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> torch.Tensor:
+    """The fraction of pairs the rewards rank correctly (r_chosen > r_rejected; a tie counts half), (B,), (B,) -> ()."""
+    diff = r_chosen.detach().float() - r_rejected.detach().float()
+    return ((diff > 0).float() + 0.5 * (diff == 0).float()).mean()
+
+
 def preference_accuracy(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> float:
-    """The fraction of pairs the rewards rank correctly (r_chosen > r_rejected; a tie counts half)."""
-    diff = r_chosen.float() - r_rejected.float()
-    return float(((diff > 0).float() + 0.5 * (diff == 0).float()).mean())
+    """`pairwise_accuracy` as a Python float."""
+    return float(pairwise_accuracy(r_chosen, r_rejected))
 
 
 # --------------------------------------------------------------------------- the model and its training
@@ -76,6 +84,40 @@ class RewardModel(nn.Module):
         return self.head(last).squeeze(-1)  # (B,)
 
 
+def _score_pairs(rm: RewardModel, pairs: list[Preference], tokenizer: Tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rewards (B,) of the chosen and of the rejected responses of `pairs` (one forward pass)."""
+    device = next(rm.parameters()).device
+    tokens, lengths = collate_pair_rewards(pairs, tokenizer)
+    return split_rewards(rm(tokens.to(device), lengths.to(device)))
+
+
+def collate_pair_rewards(pairs: list[Preference], tokenizer: Tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
+    """(tokens (2B, T), lengths (2B,)) of `pairs`: the B chosen responses, then the B rejected ones."""
+    instructions = [p.instruction for p in pairs] * 2
+    tokens, _, lengths = collate_responses(instructions, [p.chosen for p in pairs] + [p.rejected for p in pairs], tokenizer)
+    return tokens, lengths
+
+
+def split_rewards(rewards: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rewards (2B,) of `collate_pair_rewards`' rows -> (chosen (B,), rejected (B,))."""
+    half = rewards.shape[0] // 2
+    return rewards[:half], rewards[half:]
+
+
+def pairwise_objective(rm: RewardModel, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, dict]:
+    """The reward model's objective for the course's `Trainer`: `pairwise_loss` on a batch of
+    `collate_pair_rewards` (tokens (2B, T), lengths (2B,)); metric "accuracy", the batch's preference accuracy."""
+    r_chosen, r_rejected = split_rewards(rm(*batch))  # (B,) each
+    return pairwise_loss(r_chosen, r_rejected), {"accuracy": pairwise_accuracy(r_chosen, r_rejected)}
+
+
+def preference_batches(pairs: list[Preference], tokenizer: Tokenizer, batch_size: int, seed: int = 0) -> ShuffledBatches:
+    """The reward model's data source: `pairs` in a seeded order, `batch_size` at a time, by `collate_pair_rewards`."""
+    if not pairs:
+        raise ValueError("training on preferences needs at least one preference pair")
+    return ShuffledBatches(pairs, batch_size, lambda batch: collate_pair_rewards(batch, tokenizer), seed)
+
+
 @dataclass
 class RewardResult:
     """What `train_reward_model` measured."""
@@ -83,15 +125,7 @@ class RewardResult:
     losses: list[float]  # the pairwise loss at every step
     accuracies: list[float]  # the training batch's preference accuracy at every step
     seconds: float  # wall-clock time of the steps
-
-
-def _score_pairs(rm: RewardModel, pairs: list[Preference], tokenizer: Tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rewards (B,) of the chosen and of the rejected responses of `pairs` (one forward pass)."""
-    device = next(rm.parameters()).device
-    instructions = [p.instruction for p in pairs] * 2
-    tokens, _, lengths = collate_responses(instructions, [p.chosen for p in pairs] + [p.rejected for p in pairs], tokenizer)
-    rewards = rm(tokens.to(device), lengths.to(device))  # (2B,)
-    return rewards[: len(pairs)], rewards[len(pairs) :]
+    trainer: Trainer  # the trainer that ran it
 
 
 def train_reward_model(
@@ -103,26 +137,25 @@ def train_reward_model(
     lr: float = 1e-4,
     weight_decay: float = 0.0,
     seed: int = 0,
+    warmup_steps: int = 0,
+    min_lr_ratio: float = 1.0,
 ) -> RewardResult:
-    """Train `rm` in place with `pairwise_loss` and AdamW on batches of `pairs` drawn with `seed`."""
-    if not pairs:
-        raise ValueError("train_reward_model needs at least one preference pair")
-    opt = torch.optim.AdamW([p for p in rm.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay)
-    rng = random.Random(seed)
-    rm.train()
-    losses, accuracies = [], []
+    """Train `rm` in place: the course's `Trainer` with `pairwise_objective` on `preference_batches`.
+
+    AdamW with betas (0.9, 0.999), no gradient clipping; `optim.warmup_cosine` with `warmup_steps`
+    and `min_lr_ratio` (the defaults: a constant learning rate)."""
+    data = preference_batches(pairs, tokenizer, batch_size, seed)
+    config = TrainConfig(
+        batch_size=2 * data.batch_size, seq_len=1, max_steps=steps, lr=lr, min_lr_ratio=min_lr_ratio,
+        warmup_steps=warmup_steps, weight_decay=weight_decay, beta2=0.999,
+        grad_clip=0.0, spike_threshold=0.0, eval_interval=0, seed=seed,
+    )  # fmt: skip
+    trainer = Trainer(rm, config, data=data, objective=pairwise_objective, log=None)
     start = time.perf_counter()
-    for _ in range(steps):
-        batch = rng.sample(pairs, min(batch_size, len(pairs)))
-        r_chosen, r_rejected = _score_pairs(rm, batch, tokenizer)
-        loss = pairwise_loss(r_chosen, r_rejected)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-        accuracies.append(preference_accuracy(r_chosen.detach(), r_rejected.detach()))
+    history = trainer.train()
+    seconds = time.perf_counter() - start
     rm.eval()
-    return RewardResult(losses, accuracies, time.perf_counter() - start)
+    return RewardResult(history["loss"], history["accuracy"], seconds, trainer)
 
 
 @torch.no_grad()

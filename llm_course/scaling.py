@@ -19,20 +19,16 @@ Implements
 - a sweep of tiny models (`run_sweep`) that measures the validation loss of every
   (model size, token budget) pair, cached on disk.
 
-The sweep has its own short training loop (AdamW, warmup + cosine, clipping) on purpose:
-it depends only on the model of chapter 05, not on the trainer of chapter 06. Left out:
+Each run of the sweep is a `Trainer` of chapter 06 with its default objective (next-token
+cross-entropy): AdamW, `optim.warmup_cosine`, clipping, the data order of `TokenBatches`. Left out:
 Kaplan's critical batch size and L(N, S) laws, Chinchilla's Huber loss on log L (we fit
 squared relative errors), and the data-repetition laws of Muennighoff et al. (2023).
 """
 
 from __future__ import annotations
 
-import ast
-import hashlib
-import inspect
 import json
 import math
-import textwrap
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -42,6 +38,8 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from llm_course import cache as course_cache
+from llm_course.trainer import Trainer, TrainConfig, language_modeling
 from llm_course.transformer import Transformer, TransformerConfig, parameter_breakdown
 from llm_course.utils import cache_dir
 
@@ -318,15 +316,6 @@ def sweep_config(d_model: int, n_layers: int, vocab_size: int, context_length: i
     )  # fmt: skip
 
 
-def _lr_at(step: int, steps: int, peak: float) -> float:
-    """Linear warmup over the first 10% of the steps, then cosine decay to 10% of the peak."""
-    warmup = max(1, steps // 10)
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    progress = (step - warmup) / max(1, steps - warmup)
-    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
 @torch.no_grad()
 def evaluate_loss(model: Transformer, ids: torch.Tensor, context_length: int, batch_size: int = 64) -> float:
     """Mean next-token cross-entropy (nats) over `ids` cut into windows of `context_length`."""
@@ -353,36 +342,23 @@ def train_run(
 ) -> dict:
     """Train a fresh `Transformer(config)` on `n_tokens` tokens of `train_ids`; return its size, compute and losses.
 
-    Batches are `batch_size` windows of `config.context_length` tokens at random offsets;
-    the schedule (warmup, cosine) spans exactly this run, as Hoffmann et al. recommend (a
-    cosine set for a longer run overestimates the loss a run of this length can reach).
-    AdamW with betas (0.9, 0.95), weight decay 0.1 on matrices only, gradient clipping at 1.
-    Runs on the device of `train_ids`; `val_loss` is measured on all of `val_ids`.
+    A `Trainer` with the pretraining objective: batches of `batch_size` windows of
+    `config.context_length` tokens (`TokenBatches`); the schedule (warmup over the first 10%
+    of the steps, cosine to 10% of the peak) spans exactly this run, as Hoffmann et al.
+    recommend (a cosine set for a longer run overestimates the loss a run of this length
+    can reach). AdamW (PyTorch's fused kernel) with betas (0.9, 0.95), weight decay 0.1 on
+    matrices only, gradient clipping at 1, float32, no spike statistics (a NaN is still
+    skipped). Runs on the device of `train_ids`; `val_loss` is measured on all of `val_ids`.
     """
-    device = train_ids.device
     T = config.context_length
     steps = max(1, math.ceil(n_tokens / (batch_size * T)))
-    gen = torch.Generator().manual_seed(seed)
-    model = Transformer(config, generator=torch.Generator().manual_seed(seed)).to(device)
-    matrices = [p for p in model.parameters() if p.dim() >= 2]
-    others = [p for p in model.parameters() if p.dim() < 2]
-    optimizer = torch.optim.AdamW(
-        [{"params": matrices, "weight_decay": 0.1}, {"params": others, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.95)
-    )
-    model.train()
+    model = Transformer(config, generator=torch.Generator().manual_seed(seed)).to(train_ids.device)
+    settings = TrainConfig(batch_size=batch_size, seq_len=T, max_steps=steps, lr=lr, min_lr_ratio=0.1,
+                           warmup_steps=max(1, steps // 10), weight_decay=0.1, grad_clip=1.0, eval_interval=0,
+                           spike_threshold=0.0, precision="fp32", fused_adamw=True, seed=seed)  # fmt: skip
+    trainer = Trainer(model, settings, train_ids.cpu(), objective=language_modeling, log=None)
     start = time.perf_counter()
-    for step in range(steps):
-        for group in optimizer.param_groups:
-            group["lr"] = _lr_at(step, steps, lr)
-        offsets = torch.randint(0, len(train_ids) - T - 1, (batch_size,), generator=gen).to(device)
-        window = offsets[:, None] + torch.arange(T + 1, device=device)  # (B, T + 1)
-        batch = train_ids[window]  # (B, T + 1)
-        logits = model(batch[:, :-1])  # (B, T, V)
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), batch[:, 1:].flatten())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
+    trainer.train()
     seconds = time.perf_counter() - start
     n = non_embedding_parameters(config)
     d = steps * batch_size * T
@@ -394,28 +370,10 @@ def train_run(
         "n_tokens": d,
         "flops": training_flops(n, d),
         "flops_counted": kaplan_flops_per_token(config, include_head=True) * d,
-        "train_loss": loss.item(),
+        "train_loss": trainer.history["loss"][-1],
         "val_loss": evaluate_loss(model, val_ids, T),
         "seconds": seconds,
     }
-
-
-def _source_fingerprint(source: str) -> str:
-    """Python source without its docstrings, comments or layout (`ast.dump` of the parsed code)."""
-    tree = ast.parse(textwrap.dedent(source))
-    for node in ast.walk(tree):
-        body = getattr(node, "body", None)
-        if isinstance(body, list) and body and isinstance(body[0], ast.Expr):
-            if isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
-                node.body = body[1:] or [ast.Pass()]  # drop the docstring
-    return ast.dump(tree)
-
-
-# What a sweep result depends on besides its settings, part of its cache key: a change to the
-# code of the training loop or of the model trains again; an edit of their text does not.
-_TRAINING_CODE = "\n".join(
-    _source_fingerprint(inspect.getsource(f)) for f in (train_run, evaluate_loss, _lr_at, sweep_config, Transformer)
-)
 
 
 def sweep_cache_dir() -> Path:
@@ -440,9 +398,9 @@ def run_sweep(
     The peak learning rate is lr_times_width / d_model: wider models need smaller steps (as
     in muP, Yang et al., 2022), and one learning rate for all sizes would favour some of
     them. With `cache_dir`, the results are stored as JSON under a name that hashes
-    everything they depend on (the token ids, the settings, the device type, and the source
-    of the training loop and the model), and a call with the same inputs reads them back
-    instead of training.
+    everything they depend on (the token ids, the settings, the device type, and the code of
+    this module and of every llm_course module it imports: `llm_course.cache`), and a call
+    with the same inputs reads them back instead of training.
     """
     settings = dict(
         plan=[list(p) for p in plan], vocab_size=vocab_size, context_length=context_length,
@@ -450,11 +408,10 @@ def run_sweep(
     )  # fmt: skip
     path = None
     if cache_dir is not None:
-        digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
-        for ids in (train_ids, val_ids):
-            digest.update(ids.cpu().numpy().astype(np.int64).tobytes())
-        digest.update(_TRAINING_CODE.encode())
-        path = Path(cache_dir) / f"sweep-{digest.hexdigest()[:16]}.json"
+        # The key (llm_course.cache): the settings, the token ids, and the code of this module and
+        # of every llm_course module it imports, so an edit of attention.py trains again.
+        data = [course_cache.fingerprint(ids.to(torch.int64)) for ids in (train_ids, val_ids)]
+        path = Path(cache_dir) / f"sweep-{course_cache.cache_key({**settings, 'data': data}, __name__)}.json"
         if path.exists():
             if verbose:
                 shown = str(path).replace(str(Path.home()), "~", 1)

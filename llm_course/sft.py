@@ -10,9 +10,11 @@
   and the model's embedding grown to match (`resize_token_embeddings`, tied head kept tied).
 - `encode_example` -> (input ids, targets, response mask); `masked_sft_loss`: cross-entropy on
   the response tokens only (the prompt is given, not predicted); `collate` pads a batch.
-- `sft_train(model, examples, ...)`: AdamW on whatever parameters require gradients (all of
-  them: full fine-tuning; only adapters after `lora.apply_lora`: LoRA; adapters on an int4
-  base after `quantization.quantize_model`: QLoRA).
+- `sft_objective` and `instruction_batches`: SFT as an objective of the course's one training
+  loop (`trainer.Trainer`) and its data source; `sft_train(model, examples, ...)` runs them:
+  AdamW on whatever parameters require gradients (all of them: full fine-tuning; only adapters
+  after `lora.apply_lora`: LoRA; adapters on an int4 base after `quantization.quantize_model`:
+  QLoRA).
 
 Left out: multi-turn conversations and system prompts, packing several examples per row,
 and real (human-written) instruction data.
@@ -31,7 +33,9 @@ from torch import nn
 
 from llm_course.generation import generate
 from llm_course.losses import cross_entropy
+from llm_course.shuffled_batches import ShuffledBatches
 from llm_course.tokenizer import Tokenizer
+from llm_course.trainer import TrainConfig, Trainer
 
 USER, ASSISTANT, END = "<|user|>", "<|assistant|>", "<|endoftext|>"
 
@@ -190,6 +194,18 @@ def masked_sft_loss(logits: torch.Tensor, targets: torch.Tensor, response_mask: 
 
 
 # --------------------------------------------------------------------------- training and evaluation
+def sft_objective(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, dict]:
+    """SFT as an objective of the course's `Trainer`: `masked_sft_loss` of the model on a batch of
+    `collate` (inputs (B, T), targets (B, T), response_mask (B, T)); no other metrics."""
+    inputs, targets, mask = batch
+    return masked_sft_loss(model(inputs), targets, mask), {}  # logits (B, T, V)
+
+
+def instruction_batches(examples: list[Example], tokenizer: Tokenizer, batch_size: int, seed: int = 0) -> ShuffledBatches:
+    """SFT's data source: the encoded `examples` in a seeded order, `batch_size` at a time, padded by `collate`."""
+    return ShuffledBatches([encode_example(e, tokenizer) for e in examples], batch_size, collate, seed)
+
+
 @dataclass
 class SFTResult:
     """What `sft_train` measured."""
@@ -197,6 +213,7 @@ class SFTResult:
     losses: list[float]  # the training loss at every step
     seconds: float  # wall-clock time of the steps
     trainable: int  # parameters the optimizer updated
+    trainer: Trainer  # the trainer that ran it (history, learning rates, optimizer state)
 
 
 def sft_train(
@@ -208,28 +225,29 @@ def sft_train(
     lr: float = 1e-3,
     weight_decay: float = 0.0,
     seed: int = 0,
+    warmup_steps: int = 0,
+    min_lr_ratio: float = 1.0,
 ) -> SFTResult:
-    """Fine-tune `model` in place on `examples` with AdamW on its parameters that require gradients.
+    """Fine-tune `model` in place on `examples`: the course's `Trainer` with `sft_objective` on
+    `instruction_batches`, AdamW on the parameters that require gradients.
 
     Full fine-tuning, LoRA and QLoRA differ only in which parameters those are (see the module
-    docstring). Batches are drawn with `seed`; the loss is `masked_sft_loss`."""
-    device = next(model.parameters()).device
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    encoded = [encode_example(e, tokenizer) for e in examples]
-    rng = random.Random(seed)
-    model.train()
-    losses = []
+    docstring). The schedule is the trainer's `optim.warmup_cosine`: `warmup_steps`, then a cosine
+    down to `min_lr_ratio` * lr; the defaults (no warmup, ratio 1) keep the rate constant, as the
+    chapter's short runs always did. No gradient clipping; AdamW's betas (0.9, 0.999)."""
+    encoded = instruction_batches(examples, tokenizer, batch_size, seed)
+    config = TrainConfig(
+        batch_size=encoded.batch_size, seq_len=max(len(x) for x, _, _ in encoded.items), max_steps=steps, lr=lr,
+        warmup_steps=warmup_steps, min_lr_ratio=min_lr_ratio,
+        weight_decay=weight_decay, beta2=0.999, grad_clip=0.0, spike_threshold=0.0, eval_interval=0, seed=seed,
+    )  # fmt: skip
+    trainer = Trainer(model, config, data=encoded, objective=sft_objective, log=None)
     start = time.perf_counter()
-    for _ in range(steps):
-        inputs, targets, mask = (t.to(device) for t in collate(rng.sample(encoded, batch_size)))
-        loss = masked_sft_loss(model(inputs), targets, mask)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    history = trainer.train()
+    seconds = time.perf_counter() - start
     model.eval()
-    return SFTResult(losses, time.perf_counter() - start, sum(p.numel() for p in params))
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return SFTResult(history["loss"], seconds, trainable, trainer)
 
 
 @torch.no_grad()

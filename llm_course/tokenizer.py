@@ -9,6 +9,8 @@ decode). What this class adds:
 - a **cache** of encoded chunks, so that a word seen before costs one dict lookup;
 - **save / load** as readable JSON (the merges in order, the pattern, the special
   tokens, and each token's bytes shown as text for people to read);
+- a **streaming encoder**, :meth:`encode_iterable`, that encodes a file piece by piece
+  with bounded memory and the ids of :meth:`encode` on the whole text;
 - **export** as tiktoken's ``mergeable_ranks``, so ``tiktoken.Encoding`` built from
   it produces exactly our ids (the tests check this on the corpus and unseen text).
 
@@ -19,7 +21,7 @@ Left out: the GPT-2 byte-to-unicode table (only needed to store merges as text).
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -29,6 +31,11 @@ from llm_course import bpe
 
 FORMAT_NAME = "llm_course-bpe"
 FORMAT_VERSION = 1
+
+#: Where a stream of text may be cut without changing its chunks: before a space that follows a
+#: character that is not whitespace. No chunk of GPT-2's pattern (nor of tiktoken's cl100k) holds
+#: such a pair, and the chunks before the cut never look past that space.
+_STREAM_CUT = regex.compile(r"(?<=\S)(?= )")
 
 
 class Tokenizer:
@@ -67,9 +74,15 @@ class Tokenizer:
         special_tokens: Iterable[str] = (),
         pattern: str = bpe.GPT2_SPLIT_PATTERN,
     ) -> Tokenizer:
-        """Learn ``vocab_size - 256`` merges from `text`; special tokens get the ids after them."""
-        tok = cls(bpe.train_bpe(text, vocab_size, pattern), pattern=pattern)
+        """Learn ``vocab_size - 256`` merges from `text`; special tokens get the ids after them.
+
+        The text is cut at the special tokens before training, so a corpus of documents
+        joined by ``<|endoftext|>`` learns no merge across the separator.
+        """
+        if isinstance(special_tokens, str):
+            raise TypeError(f"special_tokens must be a list of strings, got the string {special_tokens!r}")
         specials = list(special_tokens)
+        tok = cls(bpe.train_bpe(text, vocab_size, pattern, specials), pattern=pattern)
         if specials:
             first = len(tok.vocab)
             tok.add_special_tokens({s: first + i for i, s in enumerate(specials)})
@@ -155,6 +168,52 @@ class Tokenizer:
             else:
                 ids.extend(self.encode_ordinary(part))
         return ids
+
+    def encode_iterable(
+        self,
+        texts: Iterable[str],
+        allowed_special: Literal["all"] | Collection[str] = frozenset(),
+        disallowed_special: Literal["all"] | Collection[str] = "all",
+        buffer_chars: int = 1 << 16,
+    ) -> Iterator[int]:
+        """Encode a stream of text (the lines of an open file, say), yielding ids as they are ready.
+
+        The ids are exactly those of ``encode("".join(texts), ...)``. Pieces are gathered
+        until they hold `buffer_chars` characters, then encoded up to the last safe cut
+        (before a space that follows a non-space character), so that no chunk and no
+        special token is split between two batches; the rest waits for the next pieces.
+        Memory is bounded by `buffer_chars` plus the longest stretch of text without a
+        cut, not by the size of the stream. The cut rule holds for GPT-2's pattern and
+        tiktoken's cl100k (the tests check both); a custom pattern whose chunks may contain
+        a non-space character followed by a space would need another rule.
+        """
+        if isinstance(texts, str):
+            raise TypeError("encode_iterable expects an iterable of strings (e.g. an open file), got a str: use encode")
+        if isinstance(buffer_chars, bool) or not isinstance(buffer_chars, int) or buffer_chars < 1:
+            raise ValueError(f"buffer_chars must be an int >= 1, got {buffer_chars!r}")
+        for special in self.special_tokens:
+            if any(c.isspace() for c in special):
+                raise ValueError(
+                    f"special token {special!r} contains whitespace: encode_iterable cuts the stream before "
+                    "spaces and could split it; use encode on the whole text"
+                )
+        pending: list[str] = []  # pieces not encoded yet
+        size = 0
+        for piece in texts:
+            if not isinstance(piece, str):
+                raise TypeError(f"encode_iterable expects strings, got a {type(piece).__name__}")
+            pending.append(piece)
+            size += len(piece)
+            if size < buffer_chars:
+                continue
+            text = "".join(pending)
+            cut = 0
+            for match in _STREAM_CUT.finditer(text):
+                cut = match.start()  # the last safe cut
+            if cut > 0:
+                yield from self.encode(text[:cut], allowed_special, disallowed_special)
+            pending, size = [text[cut:]], len(text) - cut
+        yield from self.encode("".join(pending), allowed_special, disallowed_special)
 
     # ---------------------------------------------------------------- decoding
     def decode_bytes(self, ids: Iterable[int]) -> bytes:

@@ -3,10 +3,15 @@
 Implements
 - `TrainConfig`, every setting of a run, and `TokenBatches`, random windows of a token stream
   in an order fixed by (seed, epoch), so that the data position is two integers;
-- `Trainer`: AdamW (`llm_course.optim`, or PyTorch's fused kernel), warmup + cosine
-  schedule, gradient clipping, gradient accumulation, bf16 autocast (on CUDA by default),
-  optional `torch.compile`, periodic validation, a progress bar with loss, tokens/s,
-  learning rate (and MFU on a known GPU);
+- objectives: what the trainer minimizes, `objective(model, batch) -> (loss, metrics)`;
+  `language_modeling` (pretraining, the default) and `MoELanguageModeling` (plus the MoE
+  load-balancing loss). Any `DataSource` (`next_batch`, `state_dict`, `load_state_dict`)
+  feeds it; `TokenBatches` is the one for pretraining;
+- `Trainer`: one loop for every objective. AdamW (`llm_course.optim`, or PyTorch's fused
+  kernel), warmup + cosine schedule (`optim.warmup_cosine`), gradient clipping, gradient
+  accumulation, bf16 autocast (on CUDA by default), optional `torch.compile`, periodic
+  validation, a progress bar with loss, tokens/s, learning rate (and MFU on a known GPU),
+  and the objective's named metrics logged in `history`;
 - checkpoints: model.safetensors + llm_course_config.json (readable by
   `checkpoints.load_model`), optimizer.safetensors, trainer_state.safetensors (RNG states)
   and trainer.json (step, schedule, data position, detector, Python/NumPy RNG states,
@@ -21,15 +26,19 @@ Implements
   the statistics restart), and NaN/inf stops the run: a NaN never reaches the weights;
 - `palm_flops_per_token`, `peak_flops` and model FLOPs utilization (MFU; PaLM, appendix B);
 - `sample_text`, a minimal sampler to watch training (chapter 08 builds the real ones);
-- the command `python -m llm_course train`.
+- (the command `python -m llm_course train` is in `llm_course.train_cli`).
 
-Left out: data parallelism (chapter 13), sequence packing with document masks, dynamic loss
-scaling for float16 (bf16 needs none), and streaming corpora larger than memory.
+Data parallelism (chapter 13): in a process group (torchrun) each rank reads its own rows of
+every global batch, the logged loss and metrics are means over the ranks, and checkpoints are
+sharded (`torch.distributed.checkpoint`); `distributed.wrap_model` wraps the model in DDP or
+FSDP2 before it is given to the trainer.
+
+Left out: sequence packing with document masks, dynamic loss scaling for float16 (bf16 needs
+none), and streaming corpora larger than memory.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import json
@@ -43,7 +52,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import torch
@@ -51,9 +60,28 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from llm_course.checkpoints import load_model, save_model
+from llm_course.distributed import (
+    all_reduce_mean,
+    barrier,
+    full_model_state_dict,
+    in_process_group,
+    is_sharded,
+    load_sharded,
+    rank_and_world,
+    save_sharded,
+    unwrap,
+    wrap_model,
+)
 from llm_course.losses import cross_entropy
 from llm_course.optim import AdamW, clip_grad_norm_, decay_groups, grad_norm, warmup_cosine
-from llm_course.transformer import TransformerConfig, count_active_parameters, count_parameters, parameter_breakdown
+from llm_course.transformer import (
+    Transformer,
+    TransformerConfig,
+    count_active_parameters,
+    count_parameters,
+    moe_aux_loss,
+    parameter_breakdown,
+)
 
 CHECKPOINT_FORMAT = "llm_course-train-checkpoint"
 # fp32: float32 everywhere, exact float32 matmuls; tf32: float32 tensors, matmuls on CUDA's TF32 tensor
@@ -61,6 +89,7 @@ CHECKPOINT_FORMAT = "llm_course-train-checkpoint"
 # (with TF32 for the float32 matmuls autocast leaves); auto: bf16 on CUDA, fp32 elsewhere.
 PRECISIONS = ("auto", "fp32", "tf32", "bf16")
 CHECKPOINT_VERSION = 1
+CHECKPOINT_FILES = ("tokenizer.json",)  # files of out_dir that every checkpoint carries: enough to sample
 
 
 @dataclass
@@ -130,14 +159,23 @@ class TokenBatches:
     Epoch e cuts the stream into windows starting at a random offset and visits them in a
     random order, both drawn from a generator seeded with (seed, e): the position in the
     data is (epoch, cursor), and `state_dict` / `load_state_dict` save and restore it.
+
+    With `world_size` N > 1 (data parallelism, chapter 13) the stream is cut into global
+    batches of N * batch_size windows, and rank `rank` reads rows rank * B .. (rank + 1) * B
+    of each: the ranks together see what one process with batch N * B sees, and the data
+    position (epoch, cursor) is the same on every rank, whatever N is.
     """
 
-    def __init__(self, tokens: torch.Tensor, batch_size: int, seq_len: int, seed: int = 0):
+    def __init__(self, tokens: torch.Tensor, batch_size: int, seq_len: int, seed: int = 0, rank: int = 0,
+                 world_size: int = 1):  # fmt: skip
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in 0 .. world_size - 1 = {world_size - 1}, got {rank}")
         if tokens.dim() != 1:
             raise ValueError(f"tokens must be a 1-D tensor of ids, got shape {tuple(tokens.shape)}")
         if len(tokens) < 2 * (seq_len + 1):
             raise ValueError(f"{len(tokens)} tokens are too few for windows of seq_len + 1 = {seq_len + 1} tokens")
         self.tokens, self.batch_size, self.seq_len, self.seed = tokens, batch_size, seq_len, seed
+        self.rank, self.world_size = rank, world_size
         self.epoch, self.cursor = 0, 0
         self._starts = self._epoch_starts(0)
 
@@ -149,14 +187,15 @@ class TokenBatches:
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The next (x, y), each (B, T), on the CPU; an epoch that runs out continues into the next."""
-        starts = []
-        while len(starts) < self.batch_size:
+        starts, wanted = [], self.batch_size * self.world_size  # the global batch: N * B windows
+        while len(starts) < wanted:
             if self.cursor == len(self._starts):
                 self.epoch, self.cursor = self.epoch + 1, 0
                 self._starts = self._epoch_starts(self.epoch)
-            take = min(self.batch_size - len(starts), len(self._starts) - self.cursor)
+            take = min(wanted - len(starts), len(self._starts) - self.cursor)
             starts.extend(self._starts[self.cursor : self.cursor + take].tolist())
             self.cursor += take
+        starts = starts[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]  # this rank's rows
         index = torch.tensor(starts)[:, None] + torch.arange(self.seq_len + 1)  # (B, T + 1)
         window = self.tokens[index]  # (B, T + 1)
         return window[:, :-1].long(), window[:, 1:].long()
@@ -177,6 +216,81 @@ def eval_batches(tokens: torch.Tensor, batch_size: int, seq_len: int, n_batches:
     index = torch.arange(n_windows)[:, None] * seq_len + torch.arange(seq_len + 1)  # (n_windows, T + 1)
     windows = tokens[index]
     return [(w[:, :-1].long(), w[:, 1:].long()) for w in windows.split(batch_size)]
+
+
+# ---------------------------------------------------------------------------------------
+# Objectives and data sources
+# ---------------------------------------------------------------------------------------
+
+Batch = Any  # what a data source yields and an objective reads: a tensor, or a tuple, list or dict of them
+Metrics = dict[str, torch.Tensor]  # named scalar tensors, logged in Trainer.history under their names
+
+
+class Objective(Protocol):
+    """What the trainer minimizes: `objective(model, batch) -> (loss, metrics)`.
+
+    `loss` is a scalar tensor with its autograd graph: the trainer calls `backward` on it.
+    `metrics` maps names to scalar tensors that the trainer logs (their mean over the
+    micro-batches of a step) in `history[name]`, and after each validation in
+    `val_history[name]`. Auxiliary losses (MoE balance, a KL penalty) are part of `loss`;
+    reporting them as metrics too shows their share. Return the same names at every call.
+    """
+
+    def __call__(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, Metrics]: ...
+
+
+class DataSource(Protocol):
+    """An endless stream of training batches whose position in the data is a small state.
+
+    `state_dict()` must be JSON-serializable (it goes into trainer.json) and, restored by
+    `load_state_dict`, make `next_batch()` continue exactly where it was: the trainer's
+    checkpoints, exact resume and rollbacks rely on it. `TokenBatches` is one.
+    """
+
+    def next_batch(self) -> Batch: ...
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+def language_modeling(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, Metrics]:
+    """Pretraining, the trainer's default objective: the mean cross-entropy of the model's
+    next-token predictions for x (B, T) against y (B, T), in float32; no metrics."""
+    x, y = batch
+    return cross_entropy(model(x), y), {}  # logits (B, T, V)
+
+
+@dataclass(frozen=True)
+class MoELanguageModeling:
+    """Pretraining a Mixture of Experts: cross-entropy + balance * the load-balancing loss.
+
+    The auxiliary loss is `transformer.moe_aux_loss(model)`, the mean over the MoE layers of
+    Switch Transformer's E * sum_i f_i P_i (`moe.load_balancing_loss`; Fedus et al., 2022,
+    who used balance = 0.01). Both parts are logged: metrics "cross_entropy" and "aux_loss"
+    (also with balance 0, so that a run without the loss shows the imbalance it lets grow).
+    """
+
+    balance: float = 0.01  # weight of the load-balancing loss
+
+    def __call__(self, model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, Metrics]:
+        x, y = batch
+        ce = cross_entropy(model(x), y)  # logits (B, T, V)
+        aux = moe_aux_loss(model)  # from the forward call just made
+        return ce + self.balance * aux, {"cross_entropy": ce.detach(), "aux_loss": aux.detach()}
+
+
+def to_device(batch: Batch, device: torch.device) -> Batch:
+    """`batch` with every tensor in it (also inside tuples, lists and dicts) moved to `device`."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {key: to_device(value, device) for key, value in batch.items()}
+    if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # a namedtuple
+        return type(batch)(*(to_device(value, device) for value in batch))
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(to_device(value, device) for value in batch)
+    return batch
 
 
 # ---------------------------------------------------------------------------------------
@@ -297,6 +411,24 @@ def peak_flops_for_name(name: str) -> float | None:
 # ---------------------------------------------------------------------------------------
 
 
+# The trainer's own entries in `Trainer.history`: an objective's metrics take other names.
+HISTORY_KEYS = ("iteration", "step", "loss", "grad_norm", "lr", "tokens_per_s", "action")
+
+
+def _stack_scalars(loss: torch.Tensor, metrics: Metrics) -> torch.Tensor:
+    """The loss and the metrics' values as one float32 tensor (1 + len(metrics),), detached."""
+    if loss.dim() != 0:
+        raise ValueError(f"an objective's loss must be a scalar tensor, got shape {tuple(loss.shape)}")
+    clash = set(metrics) & set(HISTORY_KEYS)
+    if clash:
+        raise ValueError(f"metric names {sorted(clash)} are taken by the trainer's own history entries")
+    for name, value in metrics.items():
+        if not isinstance(value, torch.Tensor) or value.numel() != 1:
+            raise ValueError(f"metric {name!r} must be a tensor holding one number, got {value!r}")
+    values = [v.detach().float().reshape(()).to(loss.device) for v in metrics.values()]
+    return torch.stack([loss.detach().float(), *values])
+
+
 def _python_rng_state() -> list:
     version, state, gauss = random.getstate()
     return [version, list(state), gauss]
@@ -308,35 +440,53 @@ def _numpy_rng_state() -> list:
 
 
 class Trainer:
-    """Trains `model` (already on its device) on a stream of token ids; see the module docstring.
+    """Trains `model` (already on its device) to minimize `objective`; see the module docstring.
 
-    `out_dir` holds the checkpoints (none are written without it, and then a run cannot roll
-    back). `log` receives every line the trainer writes (validation losses, spikes,
-    rollbacks); `progress` shows a tqdm bar.
+    The training batches come from `train_tokens` (a 1-D tensor of token ids, cut by
+    `TokenBatches`) or from any `data` source; validation batches from `val_tokens` (fixed
+    windows, `eval_batches`) or a list of `val_batches`. The default objective is
+    `language_modeling`. `config.batch_size * seq_len` counts the tokens of a micro-batch
+    for tokens/s and MFU whatever the data. `out_dir` holds the checkpoints (none are
+    written without it, and then a run cannot roll back). `log` receives every line the
+    trainer writes (validation losses, spikes, rollbacks); `progress` shows a tqdm bar.
     """
 
     def __init__(
         self,
         model: nn.Module,
         config: TrainConfig,
-        train_tokens: torch.Tensor,
+        train_tokens: torch.Tensor | None = None,
         val_tokens: torch.Tensor | None = None,
         out_dir: str | Path | None = None,
         log: Callable[[str], None] | None = print,
         progress: bool = False,
+        *,
+        objective: Objective = language_modeling,
+        data: DataSource | None = None,
+        val_batches: Sequence[Batch] | None = None,
     ):
         c = config
-        if c.seq_len > model.config.context_length:
-            raise ValueError(f"seq_len {c.seq_len} exceeds the model's context_length {model.config.context_length}")
-        self.model, self.config = model, c
+        if (train_tokens is None) == (data is None):
+            raise ValueError("give the trainer either train_tokens or a data source, not both or neither")
+        if val_tokens is not None and val_batches is not None:
+            raise ValueError("give the trainer either val_tokens or val_batches, not both")
+        model_config = getattr(model, "config", None)
+        context_length = getattr(model_config, "context_length", None)
+        if train_tokens is not None and context_length is not None and c.seq_len > context_length:
+            raise ValueError(f"seq_len {c.seq_len} exceeds the model's context_length {context_length}")
+        self.model, self.config, self.objective = model, c, objective
         self.device = next(model.parameters()).device
         self.out_dir = None if out_dir is None else Path(out_dir)
         self.log, self.progress = log, progress
         torch.manual_seed(c.seed)  # dropout and anything else that draws from torch's generator
-        self.data = TokenBatches(train_tokens, c.batch_size, c.seq_len, c.seed)
-        self.val_data = None
+        self.rank, self.world_size = rank_and_world()  # (0, 1) outside a process group (torchrun)
+        if data is None:  # each rank reads its own rows of every global batch
+            data = TokenBatches(train_tokens, c.batch_size, c.seq_len, c.seed, self.rank, self.world_size)
+        self.data = data
+        self.val_data = None if val_batches is None else list(val_batches)
         if val_tokens is not None:
-            self.val_data = eval_batches(val_tokens, c.batch_size, c.seq_len, c.eval_batches)
+            # The global batch size: every rank evaluates the windows one process of the same global batch would.
+            self.val_data = eval_batches(val_tokens, c.batch_size * self.world_size, c.seq_len, c.eval_batches)
         groups = decay_groups(model, c.weight_decay)
         hyper = dict(lr=c.lr, betas=(c.beta1, c.beta2), eps=c.eps)
         self.optimizer = torch.optim.AdamW(groups, **hyper, fused=True) if c.fused_adamw else AdamW(groups, **hyper)
@@ -345,13 +495,13 @@ class Trainer:
         if self.device.type == "cuda":  # float32 matmuls: exact for fp32, TF32 tensor cores otherwise
             torch.set_float32_matmul_precision("highest" if c.precision == "fp32" else "high")
         self.loss_fn = torch.compile(self.compute_loss) if c.compile else self.compute_loss
-        self.flops_per_token = palm_flops_per_token(model.config, c.seq_len)
+        is_transformer = isinstance(model_config, TransformerConfig)
+        self.flops_per_token = palm_flops_per_token(model_config, c.seq_len) if is_transformer else None
         self.peak_flops = peak_flops(self.device)
         self.step = 0  # optimizer steps done (the schedule's position; goes back on a rollback)
         self.iteration = 0  # batches of steps processed, applied or not (never goes back)
         self.bad_streak, self.first_bad_step, self.rollbacks = 0, None, 0
-        keys = ("iteration", "step", "loss", "grad_norm", "lr", "tokens_per_s", "action")
-        self.history: dict[str, list] = {k: [] for k in keys}  # one entry per train_step
+        self.history: dict[str, list] = {k: [] for k in HISTORY_KEYS}  # one entry per train_step; a list per metric
         self.val_history: dict[str, list] = {"step": [], "iteration": [], "loss": []}
         self.events: list[str] = []  # the lines about spikes, skips and rollbacks
         self._bar = None
@@ -361,20 +511,21 @@ class Trainer:
         c = self.config
         return warmup_cosine(step, c.warmup_steps, c.max_steps, c.lr, c.lr * c.min_lr_ratio)
 
-    def get_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        x, y = self.data.next_batch()  # (B, T) each, on the CPU
-        return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+    def get_batch(self) -> Batch:
+        """The next training batch from the data source, on the model's device."""
+        return to_device(self.data.next_batch(), self.device)
 
     def autocast(self):
         if self.use_bf16:
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def compute_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Mean cross-entropy of the model's next-token predictions for x (B, T) against y (B, T)."""
+    def compute_loss(self, batch: Batch) -> tuple[torch.Tensor, Metrics]:
+        """The objective's (loss, metrics) for `batch`, under the run's autocast.
+
+        Objectives compute their losses in float32 (`cross_entropy` converts the logits)."""
         with self.autocast():
-            logits = self.model(x)  # (B, T, V)
-        return cross_entropy(logits, y)  # float32
+            return self.objective(self.model, batch)
 
     def say(self, line: str, event: bool = False) -> None:
         if event:
@@ -395,19 +546,23 @@ class Trainer:
         lr = self.learning_rate(self.step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        self.model.train()
-        loss_sum = torch.zeros((), device=self.device)
+        if not self.model.training:  # (train() walks every module: for a tiny model a tenth of a step)
+            self.model.train()
+        total = None  # (1 + n_metrics,): the loss and the metrics, summed over the micro-batches
         for _ in range(c.grad_accum):
-            x, y = self.get_batch()
-            loss = self.loss_fn(x, y)
+            loss, metrics = self.loss_fn(self.get_batch())
+            values = _stack_scalars(loss, metrics)  # checks the objective's output first
             (loss / c.grad_accum).backward()
-            loss_sum += loss.detach()
+            total = values if total is None else total + values
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
         if c.grad_clip > 0:
             norm = clip_grad_norm_(params, c.grad_clip)
         else:
             norm = grad_norm([p.grad for p in params if p.grad is not None])
-        loss_value, norm_value = (loss_sum / c.grad_accum).item(), norm.item()  # one sync per step
+        # One read from the device per step: the mean loss and metrics, and the gradient norm.
+        # Data parallel: the mean over the ranks, so that all of them log and decide on the same numbers.
+        total = all_reduce_mean(total / c.grad_accum)
+        loss_value, *metric_values, norm_value = torch.cat([total, norm.float().view(1)]).tolist()
 
         reason = self.detector.check(loss_value, norm_value)
         step = self.step
@@ -424,8 +579,9 @@ class Trainer:
         seconds = time.perf_counter() - start
         record = dict(iteration=self.iteration, step=step, loss=loss_value, grad_norm=norm_value, lr=lr,
                       tokens_per_s=c.tokens_per_step / seconds, action=action)  # fmt: skip
+        record.update(zip(metrics, metric_values))
         for key, value in record.items():
-            self.history[key].append(value)
+            self.history.setdefault(key, []).append(value)
         return record
 
     def _handle_bad_step(self, reason: str, finite: bool) -> str:
@@ -486,20 +642,30 @@ class Trainer:
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
+    def validation_metrics(self) -> dict[str, float]:
+        """The objective's loss and metrics, each a mean over the validation batches (the same
+        ones every time), in eval mode."""
+        if self.val_data is None:
+            raise ValueError("this trainer has no validation data")
+        self.model.eval()
+        rows = []
+        for batch in self.val_data:
+            loss, metrics = self.loss_fn(to_device(batch, self.device))
+            rows.append(_stack_scalars(loss, metrics))
+        self.model.train()
+        return dict(zip(["loss", *metrics], torch.stack(rows).mean(dim=0).tolist()))  # rows: (n_batches, 1 + n_metrics)
+
     def evaluate(self) -> float:
         """Mean loss over the validation batches (the same ones every time), in eval mode."""
-        if self.val_data is None:
-            raise ValueError("this trainer has no validation tokens")
-        self.model.eval()
-        losses = [self.loss_fn(x.to(self.device), y.to(self.device)) for x, y in self.val_data]
-        self.model.train()
-        return torch.stack(losses).mean().item()
+        return self.validation_metrics()["loss"]
 
     def _validate(self) -> float:
-        val = self.evaluate()
+        values = self.validation_metrics()
+        val = values["loss"]
         self.val_history["step"].append(self.step)
         self.val_history["iteration"].append(self.iteration)
-        self.val_history["loss"].append(val)
+        for name, value in values.items():
+            self.val_history.setdefault(name, []).append(value)
         recent = self.history["loss"][-20:]
         train = f" (train {statistics.fmean(recent):.4f}, mean of the last {len(recent)} steps)" if recent else ""
         self.say(f"step {self.step}: validation loss {val:.4f}{train}")
@@ -558,52 +724,92 @@ class Trainer:
         return sorted(found)
 
     def save_checkpoint(self) -> Path:
-        """Write a checkpoint of the current step to out_dir/step_NNNNNNN (atomically) and prune old ones."""
+        """Write a checkpoint of the current step to out_dir/step_NNNNNNN (atomically) and prune old ones.
+
+        One process: model.safetensors, optimizer.safetensors, trainer_state.safetensors (RNG
+        states) and trainer.json. In a process group (torchrun, DDP or FSDP) the model and the
+        optimizer go through `torch.distributed.checkpoint` into dcp/ instead of the two
+        safetensors files: each rank writes its own shards, and any number of ranks can read
+        them back. Rank 0 also writes the whole model as model.safetensors, so that every
+        checkpoint is a plain model folder. The files of `CHECKPOINT_FILES` found in out_dir
+        (the tokenizer) are copied in: a checkpoint is all `generate --checkpoint` needs.
+        A collective in a process group: every rank calls it.
+        """
         if self.out_dir is None:
             raise ValueError("this trainer has no out_dir to save checkpoints in")
         final = self.out_dir / f"step_{self.step:07d}"
         tmp = self.out_dir / f".tmp_{final.name}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        save_model(self.model, tmp)
-        opt = self.optimizer.state_dict()
-        tensors = {f"state.{i}.{k}": t for i, s in opt["state"].items() for k, t in s.items()}
-        save_file({k: t.contiguous() for k, t in tensors.items()}, str(tmp / "optimizer.safetensors"))
-        rng = {"torch": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            rng.update({f"cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
-        save_file(rng, str(tmp / "trainer_state.safetensors"))
-        meta = {
-            "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
-            "step": self.step, "iteration": self.iteration, "rollbacks": self.rollbacks,
-            "train_config": dataclasses.asdict(self.config),
-            "optimizer": {"class": type(self.optimizer).__name__, "param_groups": opt["param_groups"]},
-            "data": self.data.state_dict(), "detector": self.detector.state_dict(),
-            "rng": {"python": _python_rng_state(), "numpy": _numpy_rng_state()},
-            "history": self.history, "val_history": self.val_history, "events": self.events,
-        }  # fmt: skip
-        (tmp / "trainer.json").write_text(json.dumps(meta) + "\n")  # written last: marks the checkpoint complete
-        shutil.rmtree(final, ignore_errors=True)  # the same step again, after a rollback
-        tmp.rename(final)
-        for _, old in self.checkpoints()[: -self.config.keep_checkpoints]:
-            shutil.rmtree(old, ignore_errors=True)
+        sharded, main = in_process_group(), self.rank == 0
+        if main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        meta_optimizer = {"class": type(self.optimizer).__name__}
+        if sharded:
+            barrier()  # tmp exists before any rank writes into it
+            meta_optimizer["state_saved"] = save_sharded(self.model, self.optimizer, tmp / "dcp")
+            weights = full_model_state_dict(self.model)  # a collective with FSDP; None on ranks > 0
+        if main:
+            if sharded:
+                plain = Transformer(unwrap(self.model).config)
+                plain.load_state_dict(weights)
+                save_model(plain, tmp)
+            else:
+                save_model(self.model, tmp)
+                opt = self.optimizer.state_dict()
+                tensors = {f"state.{i}.{k}": t for i, s in opt["state"].items() for k, t in s.items()}
+                save_file({k: t.contiguous() for k, t in tensors.items()}, str(tmp / "optimizer.safetensors"))
+                meta_optimizer["param_groups"] = opt["param_groups"]
+            # Every rank drew the same random numbers (same seed, same calls): rank 0's states stand for all.
+            rng = {"torch": torch.get_rng_state()}
+            if torch.cuda.is_available():
+                rng.update({f"cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+            save_file(rng, str(tmp / "trainer_state.safetensors"))
+            for name in CHECKPOINT_FILES:
+                if (self.out_dir / name).is_file():
+                    shutil.copy2(self.out_dir / name, tmp / name)
+            meta = {
+                "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "world_size": self.world_size,
+                "threads": torch.get_num_threads(),
+                "step": self.step, "iteration": self.iteration, "rollbacks": self.rollbacks,
+                "train_config": dataclasses.asdict(self.config), "optimizer": meta_optimizer,
+                "data": self.data.state_dict(), "detector": self.detector.state_dict(),
+                "rng": {"python": _python_rng_state(), "numpy": _numpy_rng_state()},
+                "history": self.history, "val_history": self.val_history, "events": self.events,
+            }  # fmt: skip
+            (tmp / "trainer.json").write_text(json.dumps(meta) + "\n")  # written last: marks the checkpoint complete
+            shutil.rmtree(final, ignore_errors=True)  # the same step again, after a rollback
+            tmp.rename(final)
+            for _, old in self.checkpoints()[: -self.config.keep_checkpoints]:
+                shutil.rmtree(old, ignore_errors=True)
+        barrier()  # no rank goes on (or rolls back to it) before the checkpoint is complete
         return final
 
     def load_checkpoint(self, path: str | Path, restore_data: bool = True) -> None:
-        """Restore weights, optimizer, schedule step, detector, RNG states (and data position) from `path`."""
+        """Restore weights, optimizer, schedule step, detector, RNG states (and data position) from `path`.
+
+        A sharded checkpoint (dcp/) loads into any number of ranks, DDP, FSDP or one process;
+        a single-process one into one process or DDP.
+        """
         path = Path(path)
         meta = json.loads((path / "trainer.json").read_text())
         if meta.get("format") != CHECKPOINT_FORMAT or meta.get("version") != CHECKPOINT_VERSION:
             raise ValueError(f"{path} is not an {CHECKPOINT_FORMAT} checkpoint of version {CHECKPOINT_VERSION}")
-        weights = load_file(path / "model.safetensors", device=str(self.device))
-        missing, unexpected = self.model.load_state_dict(weights, strict=False)
-        tied = {"token_embedding.weight", "lm_head.weight"} if self.model.config.tie_embeddings else set()
-        if unexpected or not set(missing) <= tied or len(missing) > 1:
-            raise RuntimeError(f"{path} does not match the model: missing {missing}, unexpected {unexpected}")
-        state: dict[int, dict] = {}
-        for key, tensor in load_file(path / "optimizer.safetensors").items():
-            _, i, name = key.split(".", 2)
-            state.setdefault(int(i), {})[name] = tensor
-        self.optimizer.load_state_dict({"state": state, "param_groups": meta["optimizer"]["param_groups"]})
+        if (path / "dcp").is_dir():
+            load_sharded(self.model, self.optimizer, path / "dcp", meta["optimizer"].get("state_saved", True))
+        elif is_sharded(self.model):
+            raise ValueError(f"{path} is a single-process checkpoint: resume it with --parallel none or ddp, not fsdp")
+        else:
+            model = unwrap(self.model)
+            weights = load_file(path / "model.safetensors", device=str(self.device))
+            missing, unexpected = model.load_state_dict(weights, strict=False)
+            tied = {"token_embedding.weight", "lm_head.weight"} if model.config.tie_embeddings else set()
+            if unexpected or not set(missing) <= tied or len(missing) > 1:
+                raise RuntimeError(f"{path} does not match the model: missing {missing}, unexpected {unexpected}")
+            state: dict[int, dict] = {}
+            for key, tensor in load_file(path / "optimizer.safetensors").items():
+                _, i, name = key.split(".", 2)
+                state.setdefault(int(i), {})[name] = tensor
+            self.optimizer.load_state_dict({"state": state, "param_groups": meta["optimizer"]["param_groups"]})
         self.step, self.iteration = meta["step"], max(self.iteration, meta["iteration"])
         self.detector.load_state_dict(meta["detector"])
         rng = load_file(path / "trainer_state.safetensors")
@@ -616,22 +822,45 @@ class Trainer:
         name, keys, pos, has_gauss, cached = meta["rng"]["numpy"]
         np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
         if restore_data:  # a resume, not a rollback: the run continues exactly where it stopped
+            self._check_threads(meta.get("threads"))
             self.data.load_state_dict(meta["data"])
             self.history, self.val_history, self.events = meta["history"], meta["val_history"], meta["events"]
             self.rollbacks, self.iteration = meta["rollbacks"], meta["iteration"]
+
+    def _check_threads(self, saved: int | None) -> None:
+        """Say so when this process has another number of CPU threads than the one that saved the run.
+
+        PyTorch's CPU LayerNorm backward sums the gain and bias gradients over the B * T rows in
+        one partial sum per thread, then adds the partial sums: with another thread count the
+        same numbers are added in another order, and those gradients differ by float rounding
+        (~1e-9), which a few Adam steps grow to ~1e-7 in the weights. With the same count a
+        resume is exact, bit for bit.
+        """
+        threads = torch.get_num_threads()
+        if saved is not None and saved != threads and self.device.type == "cpu":
+            self.say(
+                f"resumed with {threads} CPU threads; the run was saved with {saved}: LayerNorm's backward adds its "
+                f"per-thread partial sums in another order, so the run drifts by float rounding from one that never "
+                f"stopped (set OMP_NUM_THREADS={saved}, or torch.set_num_threads({saved}), to resume bit for bit)",
+                event=True,
+            )
 
     @classmethod
     def resume(
         cls,
         path: str | Path,
-        train_tokens: torch.Tensor,
+        train_tokens: torch.Tensor | None = None,
         val_tokens: torch.Tensor | None = None,
         device: torch.device | str = "cpu",
+        parallel: str = "none",
         **kwargs,
     ) -> Trainer:
         """A trainer restored from a checkpoint folder, or from the newest checkpoint in a run's out_dir.
 
-        The model and the TrainConfig are read from the checkpoint; `kwargs` go to `Trainer`.
+        The model and the TrainConfig are read from the checkpoint; the model is wrapped for
+        `parallel` ("none", "ddp", "fsdp"; `distributed.wrap_model`); `kwargs` go to `Trainer`.
+        On a different number of ranks than the run that saved it, each rank's batch_size is
+        rescaled so that the global batch, and with it the data order, stays the same.
         """
         path = Path(path)
         if not (path / "trainer.json").exists():
@@ -642,9 +871,18 @@ class Trainer:
                 raise FileNotFoundError(f"no checkpoint in {str(path)!r}")
             path = found[-1][1]
         meta = json.loads((path / "trainer.json").read_text())
-        model = load_model(path, device)
-        trainer = cls(model, TrainConfig(**meta["train_config"]), train_tokens, val_tokens,
-                      out_dir=kwargs.pop("out_dir", path.parent), **kwargs)  # fmt: skip
+        config = TrainConfig(**meta["train_config"])
+        saved_world, world = meta.get("world_size", 1), rank_and_world()[1]
+        if saved_world != world:
+            global_batch = config.batch_size * saved_world
+            if global_batch % world:
+                raise ValueError(
+                    f"{path} was trained on {saved_world} ranks with a global batch of {global_batch} sequences, "
+                    f"which does not split over {world} ranks"
+                )
+            config = dataclasses.replace(config, batch_size=global_batch // world)
+        model = wrap_model(load_model(path, device), parallel)
+        trainer = cls(model, config, train_tokens, val_tokens, out_dir=kwargs.pop("out_dir", path.parent), **kwargs)
         trainer.load_checkpoint(path)
         return trainer
 
@@ -682,117 +920,3 @@ def sample_text(
         new.append(int(torch.multinomial(probs, 1, generator=generator)))
     model.train(was_training)
     return tokenizer.decode(new)
-
-
-# ---------------------------------------------------------------------------------------
-# Command line: python -m llm_course train
-# ---------------------------------------------------------------------------------------
-
-
-PRESETS = ("tiny", "llama_tiny", "gpt2_small")  # functions of llm_course.transformer that take a vocabulary size
-
-
-def _run(args: argparse.Namespace) -> int:
-    from llm_course import transformer
-    from llm_course.data import load_corpus
-    from llm_course.tokenizer import Tokenizer
-    from llm_course.utils import get_device, set_seed
-
-    if args.pretrained:
-        from llm_course.pretrained import load_pretrained, pretrained_dir
-
-        load_pretrained(args.pretrained, progress=not args.no_progress)
-        print(f"the pretrained model {args.pretrained!r} is in {pretrained_dir(args.pretrained)}")
-        return 0
-    set_seed(args.seed)
-    device = get_device(args.device)
-    out = Path(args.out)
-    text = load_corpus(args.corpus)
-    progress = not args.no_progress
-    if args.resume:
-        tokenizer = Tokenizer.load(out / "tokenizer.json")
-        train_tokens, val_tokens = encode_split(text, tokenizer, args.val_fraction)
-        trainer = Trainer.resume(out, train_tokens, val_tokens, device=device, progress=progress)
-        print(f"resumed {out} at step {trainer.step} of {trainer.config.max_steps} on {device}")
-    else:
-        if any(out.glob("step_*/trainer.json")):
-            raise ValueError(f"{out} already holds checkpoints: pass --resume to continue that run, or another --out")
-        if args.tokenizer:
-            tokenizer = Tokenizer.load(args.tokenizer)
-        else:
-            train_text = text[: int(len(text) * (1 - args.val_fraction))]
-            tokenizer = Tokenizer.train(train_text, args.vocab_size - 1, special_tokens=["<|endoftext|>"])
-        train_tokens, val_tokens = encode_split(text, tokenizer, args.val_fraction)
-        model_config = getattr(transformer, args.preset)(tokenizer.n_vocab)
-        model_config.use_fused_attention = args.fused_attention
-        seq_len = args.seq_len or model_config.context_length
-        config = TrainConfig(
-            batch_size=args.batch_size, seq_len=seq_len, grad_accum=args.grad_accum, max_steps=args.steps,
-            lr=args.lr, warmup_steps=args.warmup if args.warmup is not None else max(1, args.steps // 10),
-            weight_decay=args.weight_decay, grad_clip=args.grad_clip, eval_interval=args.eval_interval,
-            checkpoint_interval=args.checkpoint_interval, precision=args.precision, compile=args.compile,
-            fused_adamw=args.fused_adamw, seed=args.seed,
-        )  # fmt: skip
-        from llm_course.transformer import Transformer
-
-        model = Transformer(model_config, generator=torch.Generator().manual_seed(args.seed)).to(device)
-        out.mkdir(parents=True, exist_ok=True)
-        tokenizer.save(out / "tokenizer.json")
-        trainer = Trainer(model, config, train_tokens, val_tokens, out_dir=out, progress=progress)
-        n = sum(p.numel() for p in model.parameters())
-        print(
-            f"training {args.preset} ({n:,} parameters) on {len(train_tokens):,} tokens "
-            f"({len(val_tokens):,} held out) for {config.max_steps} steps of {config.tokens_per_step:,} tokens "
-            f"on {device}"
-        )
-    start = time.perf_counter()
-    trainer.train()
-    seconds = time.perf_counter() - start
-    speeds = trainer.history["tokens_per_s"]
-    speed = statistics.median(speeds[len(speeds) // 2 :]) if speeds else 0.0  # the second half: warmed up
-    mfu = trainer.mfu(speed)
-    print(f"done in {seconds:.1f} s, {speed:,.0f} tokens/s" + (f", MFU {mfu:.1%}" if mfu is not None else ""))
-    if trainer.val_history["loss"]:
-        print(f"validation loss {trainer.val_history['loss'][-1]:.4f}; checkpoint in {trainer.checkpoints()[-1][1]}")
-    if args.sample is not None:
-        generator = torch.Generator().manual_seed(args.seed)
-        text = sample_text(trainer.model, tokenizer, args.sample, 80, generator=generator)
-        print(f"sample: {args.sample}{text}")
-    return 0
-
-
-def add_command(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "train",
-        help="pretrain a model preset on a corpus, with checkpoints and resume",
-        description="Pretrain a GPT-style model on the default corpus (the CPython docs) or any text, "
-        "writing checkpoints to --out; --resume continues a stopped run exactly.",
-    )
-    parser.add_argument("--preset", default="tiny", choices=PRESETS, help="model (default: tiny)")
-    parser.add_argument("--corpus", type=Path, default=None, help="text file or folder (default: the CPython docs)")
-    parser.add_argument("--tokenizer", type=Path, help="a tokenizer JSON to use instead of training one")
-    parser.add_argument("--vocab-size", type=int, default=4096, help="vocabulary of a new tokenizer (default: 4096)")
-    parser.add_argument("--val-fraction", type=float, default=0.1, help="held-out tail of the corpus (default: 0.1)")
-    parser.add_argument("--out", default="runs/train", help="checkpoint folder (default: runs/train)")
-    parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
-    parser.add_argument("--steps", type=int, default=300, help="optimizer steps (default: 300)")
-    parser.add_argument("--batch-size", type=int, default=16, help="sequences per micro-batch (default: 16)")
-    parser.add_argument("--grad-accum", type=int, default=1, help="micro-batches per step (default: 1)")
-    parser.add_argument("--seq-len", type=int, default=None, help="tokens per sequence (default: the context length)")
-    parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default: 1e-3)")
-    parser.add_argument("--warmup", type=int, default=None, help="warmup steps (default: 10%% of --steps)")
-    parser.add_argument("--weight-decay", type=float, default=0.1, help="decoupled weight decay (default: 0.1)")
-    parser.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm, 0 for none (default: 1.0)")
-    parser.add_argument("--eval-interval", type=int, default=100, help="steps between validations (default: 100)")
-    parser.add_argument("--checkpoint-interval", type=int, default=100, help="steps between checkpoints (default: 100)")
-    parser.add_argument("--device", default=None, help="cpu, cuda or mps (default: the best available)")
-    parser.add_argument("--precision", default="auto", choices=PRECISIONS, help="auto: bf16 on CUDA; tf32: fp32 "
-                        "with TF32 matmuls on CUDA")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the model and loss")
-    parser.add_argument("--fused-attention", action="store_true", help="PyTorch's fused attention kernel")
-    parser.add_argument("--fused-adamw", action="store_true", help="PyTorch's fused AdamW instead of the course's")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    parser.add_argument("--sample", default=None, help="print a continuation of this prompt at the end")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument("--pretrained", metavar="NAME", help="train, or find in the cache, the course's model NAME (tiny)")
-    parser.set_defaults(func=_run)

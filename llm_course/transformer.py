@@ -20,7 +20,7 @@ Implements
 
 Checkpoint loading (GPT-2, Llama) lives in `llm_course.checkpoints`; the KV cache in
 `llm_course.kv_cache` (chapter 09), passed as `forward(..., cache=...)`. Left out here:
-sampling (chapter 08), a separate head_dim != d_model / n_heads, RoPE scaling, and MoE
+sampling (chapter 08), a separate head_dim != d_model / n_heads, and MoE
 variants such as dense layers between MoE layers or shared experts.
 """
 
@@ -38,11 +38,11 @@ from llm_course.embeddings import LearnedPositionalEmbedding, SinusoidalPosition
 from llm_course.ffn import make_ffn
 from llm_course.moe import MoE
 from llm_course.norms import LayerNorm, RMSNorm, make_norm
-from llm_course.rope import RotaryEmbedding
+from llm_course.rope import RopeScaling, RotaryEmbedding
 
 NORMS = ("layernorm", "rmsnorm")
 ACTIVATION_NAMES = ("gelu_tanh", "gelu", "relu", "swiglu")
-POSITIONS = ("learned", "rope", "sinusoidal", "none")
+POSITIONS = ("learned", "rope", "sinusoidal", "alibi", "none")
 
 
 @dataclass
@@ -63,8 +63,13 @@ class TransformerConfig:
     d_ff: int | None = None  # hidden size of the feed-forward network; None means 4 * d_model
     norm: Literal["layernorm", "rmsnorm"] = "layernorm"  # LayerNorm (GPT-2) or RMSNorm (Llama)
     activation: Literal["gelu_tanh", "gelu", "relu", "swiglu"] = "gelu_tanh"  # FFN; GPT-2 gelu_tanh, Llama swiglu
-    position: Literal["learned", "rope", "sinusoidal", "none"] = "learned"  # GPT-2 learned, Llama rope
+    position: Literal["learned", "rope", "sinusoidal", "alibi", "none"] = "learned"  # GPT-2 learned, Llama rope
     rope_base: float = 10000.0  # base (theta) of the RoPE frequencies; Llama 3 uses 500000
+    sinusoidal_scale: float = 1.0  # multiplies the sinusoidal table (1: the paper's values in [-1, 1])
+    rope_scaling: Literal["none", "linear", "ntk", "yarn"] = "none"  # RoPE stretched for longer contexts (chapter 03)
+    rope_scaling_factor: float = 1.0  # s: the new context over the trained one, for rope_scaling
+    rope_original_context: int | None = None  # the trained context length (YaRN's ramp needs it)
+    attention_window: int | None = None  # sliding-window attention: each token sees this many recent tokens
     tie_embeddings: bool = True  # the output head reuses the token embedding matrix (GPT-2 yes, Llama no)
     bias: bool = True  # biases in the linear layers and LayerNorms (GPT-2 yes, Llama no)
     pre_ln: bool = True  # normalize before each sub-layer (GPT-2, Llama) or after it (original Post-LN)
@@ -93,6 +98,11 @@ class TransformerConfig:
             raise ValueError(f"n_heads ({self.n_heads}) must be divisible by n_kv_heads ({self.n_kv_heads})")
         if self.position == "rope" and self.d_head % 2 != 0:
             raise ValueError(f"RoPE needs an even d_head, got {self.d_head}")
+        if self.position != "rope" and self.rope_scaling != "none":
+            raise ValueError(f"rope_scaling={self.rope_scaling!r} needs position='rope', got {self.position!r}")
+        self.rope_scaling_spec()  # checks the scaling's kind, factor and original context
+        if self.attention_window is not None and self.attention_window < 1:
+            raise ValueError(f"attention_window must be None (full attention) or at least 1, got {self.attention_window}")
         if self.position == "sinusoidal" and self.d_model % 2 != 0:
             raise ValueError(f"sinusoidal positions need an even d_model, got {self.d_model}")
         if self.n_experts < 0:
@@ -108,6 +118,10 @@ class TransformerConfig:
     def d_head(self) -> int:
         """D: size of one attention head."""
         return self.d_model // self.n_heads
+
+    def rope_scaling_spec(self) -> RopeScaling:
+        """The `llm_course.rope.RopeScaling` the rope_* fields describe."""
+        return RopeScaling(self.rope_scaling, self.rope_scaling_factor, self.rope_original_context)
 
 
 # ---------------------------------------------------------------------------------------
@@ -177,37 +191,35 @@ def seeds_70b() -> TransformerConfig:
 
 
 class Block(nn.Module):
-    """One transformer block: attention then feed-forward, each with a residual connection."""
+    """One transformer block: attention then feed-forward, each with a residual connection.
 
-    def __init__(
-        self,
-        d_model: int,
-        n_heads: int,
-        d_ff: int,
-        n_kv_heads: int | None = None,
-        norm: str = "layernorm",
-        activation: str = "gelu_tanh",
-        bias: bool = True,
-        dropout: float = 0.0,
-        pre_ln: bool = True,
-        norm_eps: float = 1e-5,
-        use_fused_attention: bool = False,
-        rope: RotaryEmbedding | None = None,
-        n_experts: int = 0,
-        experts_per_token: int = 2,
-        capacity_factor: float | None = None,
-    ):
+    Built from the model's `TransformerConfig` (as nanoGPT's `Block(config)`): every size and
+    choice of the block is a field of it. `rope` is the table of RoPE angles that the model's
+    blocks share; a block built on its own with `position="rope"` makes its own.
+    """
+
+    def __init__(self, config: TransformerConfig, rope: RotaryEmbedding | None = None):
         super().__init__()
-        self.pre_ln = pre_ln
-        self.norm1 = make_norm(norm, d_model, norm_eps, bias)
+        c = config
+        if not isinstance(c, TransformerConfig):
+            raise TypeError(f"Block takes a TransformerConfig, got {type(c).__name__}")
+        if rope is not None and c.position != "rope":
+            raise ValueError(f"a RoPE table was passed to a block with position={c.position!r}")
+        if rope is None and c.position == "rope":
+            rope = RotaryEmbedding(c.d_head, c.context_length, c.rope_base, c.rope_scaling_spec())
+        self.pre_ln = c.pre_ln
+        self.norm1 = make_norm(c.norm, c.d_model, c.norm_eps, c.bias)
         self.attn = MultiHeadAttention(
-            d_model, n_heads, n_kv_heads, bias=bias, dropout=dropout, use_fused=use_fused_attention, rope=rope
-        )
-        self.norm2 = make_norm(norm, d_model, norm_eps, bias)
-        if n_experts > 0:  # a mixture of experts in place of the FFN (chapter 10)
-            self.ffn = MoE(d_model, d_ff, n_experts, experts_per_token, activation, bias, dropout, capacity_factor)
+            c.d_model, c.n_heads, c.n_kv_heads, bias=c.bias, dropout=c.dropout, use_fused=c.use_fused_attention,
+            rope=rope, alibi=c.position == "alibi", window=c.attention_window,
+        )  # fmt: skip
+        self.norm2 = make_norm(c.norm, c.d_model, c.norm_eps, c.bias)
+        if c.n_experts > 0:  # a mixture of experts in place of the FFN (chapter 10)
+            self.ffn = MoE(
+                c.d_model, c.d_ff, c.n_experts, c.experts_per_token, c.activation, c.bias, c.dropout, c.capacity_factor
+            )
         else:
-            self.ffn = make_ffn(d_model, d_ff, activation, bias=bias, dropout=dropout)
+            self.ffn = make_ffn(c.d_model, c.d_ff, c.activation, bias=c.bias, dropout=c.dropout)
 
     def forward(
         self, x: torch.Tensor, positions: torch.Tensor | None = None, mask: torch.Tensor | None = None, cache=None
@@ -239,19 +251,13 @@ class Transformer(nn.Module):
         if c.position == "learned":
             self.position_embedding = LearnedPositionalEmbedding(c.context_length, c.d_model)
         elif c.position == "sinusoidal":
-            self.position_embedding = SinusoidalPositionalEncoding(c.context_length, c.d_model)
+            self.position_embedding = SinusoidalPositionalEncoding(c.context_length, c.d_model, scale=c.sinusoidal_scale)
         # One table of RoPE angles, shared by the attention of every block.
-        self.rope = RotaryEmbedding(c.d_head, c.context_length, c.rope_base) if c.position == "rope" else None
+        self.rope = None
+        if c.position == "rope":
+            self.rope = RotaryEmbedding(c.d_head, c.context_length, c.rope_base, c.rope_scaling_spec())
         self.embedding_dropout = nn.Dropout(c.dropout)
-        self.blocks = nn.ModuleList(
-            Block(
-                c.d_model, c.n_heads, c.d_ff, c.n_kv_heads, norm=c.norm, activation=c.activation, bias=c.bias,
-                dropout=c.dropout, pre_ln=c.pre_ln, norm_eps=c.norm_eps,
-                use_fused_attention=c.use_fused_attention, rope=self.rope, n_experts=c.n_experts,
-                experts_per_token=c.experts_per_token, capacity_factor=c.capacity_factor,
-            )  # fmt: skip
-            for _ in range(c.n_layers)
-        )
+        self.blocks = nn.ModuleList(Block(c, self.rope) for _ in range(c.n_layers))
         # Pre-LN leaves the residual stream unnormalized, so it needs a last norm; Post-LN does not.
         self.final_norm = make_norm(c.norm, c.d_model, c.norm_eps, c.bias) if c.pre_ln else nn.Identity()
         self.lm_head = nn.Linear(c.d_model, c.vocab_size, bias=False)
@@ -321,7 +327,7 @@ class Transformer(nn.Module):
         if positions is None:
             return
         low, high = position_ends
-        if low < 0 or (c.position != "none" and high >= c.context_length):
+        if low < 0 or (c.position not in ("none", "alibi") and high >= c.context_length):
             raise ValueError(
                 f"positions must be in [0, {c.context_length}) (context_length), got values from {low} to {high}"
             )

@@ -104,6 +104,9 @@ REFERENCES: dict[str, tuple[str, ...]] = {
     "retrieval_prompt": ("llm_course.failures:retrieval_prompt",),
     "accuracy_by_position": ("llm_course.failures:accuracy_by_position",),
     "expected_calibration_error": ("llm_course.failures:expected_calibration_error",),
+    # 15_in_context_learning
+    "induction_score": ("llm_course.icl:induction_score",),
+    "score_answers": ("llm_course.icl:score_answers",),
 }
 
 WINDOW = 3  # consecutive distinctive lines that make a leak (all of them for shorter bodies)
@@ -414,4 +417,6 @@ EXERCISES: dict[str, tuple[int, int, str]] = {
     "retrieval_prompt": (15, 1, "Place the needle at the requested position among the distractors, then append the question."),
     "accuracy_by_position": (20, 2, "Group the results by the needle's position and average the correct answers in each group."),
     "expected_calibration_error": (30, 2, "Bin the confidences into equal-width bins (mind which side of each bin is closed, as the statement says), skip empty bins, then sum `|accuracy - confidence|` per bin weighted by its share of the samples."),
+    "induction_score": (25, 2, "Walk each sequence once, remembering where every token was last seen; at a repeat, add the attention from i to last_seen + 1, then average over the repeats of the whole batch."),
+    "score_answers": (20, 2, "Feed `prompts` followed by `answers[:, :-1]`; the last m positions' logits predict the m answer tokens. Average their log-softmax at the answer ids; exact match needs every argmax right."),
 }

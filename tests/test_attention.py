@@ -10,13 +10,17 @@ import torch.nn.functional as F
 
 from llm_course.attention import (
     MultiHeadAttention,
+    alibi_bias,
+    alibi_slopes,
     attention_flops,
     attention_weights,
     causal_mask,
+    combine_masks,
     dropout,
     multi_head_attention,
     repeat_kv,
     scaled_dot_product_attention,
+    sliding_window_mask,
 )
 from llm_course.rope import RotaryEmbedding
 
@@ -314,3 +318,143 @@ def test_multi_head_attention_function_on_cuda_matches_cpu():
     got = multi_head_attention(x.to(DEVICE), *(w.to(DEVICE) for w in weights), n_heads=4)
     assert got.device.type == DEVICE
     torch.testing.assert_close(got.cpu(), expected, atol=1e-4, rtol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------
+# Long context: sliding windows and ALiBi
+# ---------------------------------------------------------------------------------------
+
+
+def brute_force_window(q_len, k_len, window):
+    """The sliding-window mask by loops: query i sits at position k_len - q_len + i."""
+    allowed = torch.zeros(q_len, k_len, dtype=torch.bool)
+    for i in range(q_len):
+        pos = k_len - q_len + i
+        for j in range(k_len):
+            allowed[i, j] = j <= pos and pos - j < window
+    return allowed
+
+
+@pytest.mark.parametrize(("q_len", "k_len"), [(1, 1), (6, 6), (3, 9), (1, 12), (12, 12)])
+@pytest.mark.parametrize("window", [1, 2, 5, 100])
+def test_sliding_window_mask_equals_brute_force(q_len, k_len, window):
+    assert torch.equal(sliding_window_mask(q_len, k_len, window), brute_force_window(q_len, k_len, window))
+
+
+def test_sliding_window_mask_rejects_an_empty_window():
+    with pytest.raises(ValueError, match="at least one key"):
+        sliding_window_mask(4, 4, 0)
+    with pytest.raises(ValueError, match="at least one key"):
+        MultiHeadAttention(32, 4, window=0)
+
+
+def test_mha_window_equals_attention_over_the_window_only():
+    """Every output row equals plain attention over just the `window` keys that row may see."""
+    mha, window = make_mha(n_kv_heads=2, rope=RotaryEmbedding(8, 64)), 3
+    mha.window = window
+    x = torch.randn(2, 9, 32)
+    out = mha(x)
+    q, k, v = mha.project(x)
+    for i in range(9):
+        lo = max(0, i - window + 1)
+        rows = scaled_dot_product_attention(q[:, :, i : i + 1], k[:, :, lo : i + 1], v[:, :, lo : i + 1])
+        expected = mha.w_o(rows.transpose(1, 2).flatten(2))  # (B, 1, C)
+        torch.testing.assert_close(out[:, i : i + 1], expected, atol=1e-6, rtol=1e-5)
+    mha.window = 9  # a window as long as the sequence is plain causal attention
+    mha_full = copy.deepcopy(mha)
+    mha_full.window = None
+    torch.testing.assert_close(mha(x), mha_full(x))
+
+
+@pytest.mark.parametrize("n_heads", [1, 2, 3, 4, 5, 6, 7, 8, 12, 16, 20, 32, 48, 64])
+def test_alibi_slopes_equal_hugging_face_bloom(n_heads):
+    bloom = pytest.importorskip("transformers.models.bloom.modeling_bloom")
+    torch.testing.assert_close(alibi_slopes(n_heads), bloom._get_alibi_slopes(n_heads, "cpu"), atol=0, rtol=1e-6)
+
+
+def test_alibi_slopes_of_the_paper():
+    # Press et al. (2022), §3: 8 heads get 1/2, 1/4, ..., 1/256.
+    assert alibi_slopes(8).tolist() == [2.0**-k for k in range(1, 9)]
+    torch.testing.assert_close(alibi_slopes(16)[:3], torch.tensor([2**-0.5, 2.0**-1, 2**-1.5]))
+
+
+@pytest.mark.parametrize("n_heads", [4, 6])
+def test_alibi_attention_equals_hugging_face_bloom(n_heads):
+    """BLOOM adds m_h * j (the key's position) instead of -m_h (i - j): the two differ by m_h i in
+    each row, which the softmax ignores, so the causal attention weights must be equal."""
+    bloom = pytest.importorskip("transformers.models.bloom.modeling_bloom")
+    B, T, D = 2, 10, 8
+    q, k, _ = qkv(B, n_heads, T, T, D)
+    hf = bloom.build_alibi_tensor(torch.ones(B, T), n_heads, torch.float32).view(B, n_heads, 1, T)
+    ours = alibi_bias(alibi_slopes(n_heads), T)  # (H, T, T)
+    expected = attention_weights(q, k, mask=hf, causal=True)
+    torch.testing.assert_close(attention_weights(q, k, mask=ours, causal=True), expected, atol=1e-6, rtol=1e-5)
+    # worked example: head 0 of 4 has slope 1/4; the key 3 tokens back costs 3/4
+    assert alibi_bias(alibi_slopes(4), 5)[0, 4, 1].item() == -0.75
+
+
+def test_mha_alibi_depends_on_distances_only():
+    mha = make_mha()
+    mha_alibi = make_mha()
+    mha_alibi.load_state_dict(mha.state_dict())
+    mha_alibi.register_buffer("alibi_slopes", alibi_slopes(4), persistent=False)
+    x = torch.randn(2, 10, 32)
+    assert not torch.allclose(mha_alibi(x), mha(x), atol=1e-3)
+    torch.testing.assert_close(mha_alibi(x, positions=torch.arange(10) + 50), mha_alibi(x))
+    # the bias is what the scores get: attention weights with alibi_bias as a float mask
+    q, k, v = mha.project(x)
+    expected = scaled_dot_product_attention(q, k, v, mask=alibi_bias(alibi_slopes(4), 10), causal=True)
+    torch.testing.assert_close(mha_alibi(x), mha.w_o(expected.transpose(1, 2).flatten(2)), atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("options", [dict(alibi=True), dict(window=4), dict(alibi=True, window=3)])
+def test_mha_alibi_and_window_fused_and_own_agree(options):
+    torch.manual_seed(0)
+    own = MultiHeadAttention(32, 4, 2, **options)
+    fused = MultiHeadAttention(32, 4, 2, use_fused=True, **options)
+    fused.load_state_dict(own.state_dict())
+    x = torch.randn(2, 12, 32)
+    padding = torch.ones(2, 1, 1, 12, dtype=torch.bool)
+    padding[1, ..., 8:] = False
+    for mask in (None, padding):
+        torch.testing.assert_close(fused(x, mask=mask), own(x, mask=mask), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("options", [dict(alibi=True), dict(window=3), dict(alibi=True, window=4)])
+def test_mha_alibi_and_window_decode_with_a_kv_cache(options):
+    """Token-by-token decoding through a KV cache gives the full forward pass's outputs."""
+    from llm_course.kv_cache import KVCache
+
+    torch.manual_seed(0)
+    mha = MultiHeadAttention(32, 4, 2, **options)
+    x = torch.randn(2, 8, 32)
+    full = mha(x)
+    cache = KVCache(1, 2, 2, 8, 8, dtype=x.dtype)
+    outs = [mha(x[:, :3], positions=cache.positions(3), cache=cache.layers[0])]
+    for t in range(3, 8):
+        outs.append(mha(x[:, t : t + 1], positions=cache.positions(1), cache=cache.layers[0]))
+    torch.testing.assert_close(torch.cat(outs, dim=1), full, atol=1e-5, rtol=1e-5)
+
+
+def test_combine_masks():
+    allowed = torch.tensor([[True, False], [True, True]])
+    bias = torch.tensor([[0.0, -1.0], [-2.0, 0.0]])
+    assert combine_masks(None, None) is None and combine_masks(allowed, None) is allowed
+    assert torch.equal(combine_masks(allowed, allowed.T), allowed & allowed.T)
+    expected = torch.tensor([[0.0, float("-inf")], [-2.0, 0.0]])
+    assert torch.equal(combine_masks(allowed, bias), expected) and torch.equal(combine_masks(bias, allowed), expected)
+    assert torch.equal(combine_masks(bias, bias), 2 * bias)
+
+
+@pytest.mark.cuda
+@needs_cuda
+@pytest.mark.parametrize("use_fused", [False, True])
+def test_alibi_and_window_on_cuda_match_cpu(use_fused):
+    """The slopes buffer and the masks follow the module to the GPU (float32 there: exact comparison)."""
+    torch.manual_seed(0)
+    mha = MultiHeadAttention(32, 4, 2, alibi=True, window=5, use_fused=use_fused).eval()
+    x = torch.randn(2, 16, 32)
+    expected = mha(x)
+    mha_gpu = copy.deepcopy(mha).to(DEVICE)
+    assert mha_gpu.alibi_slopes.device.type == DEVICE
+    torch.testing.assert_close(mha_gpu(x.to(DEVICE)).cpu(), expected, atol=1e-4, rtol=1e-4)

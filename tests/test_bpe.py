@@ -1,5 +1,7 @@
 """The BPE algorithm: worked examples, the incremental trainer against the naive one."""
 
+import json
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -98,3 +100,79 @@ def test_pair_ranks_include_every_split_of_a_token():
     ranks = bpe.pair_ranks(bpe.build_vocab(merges))
     assert ranks[(258, 99)] == 257  # ab + c also forms "abc"
     assert ranks[(97, 256)] == 257
+
+
+# ----------------------------------------------------------------------------- special tokens in training
+EOT = "<|endoftext|>"
+
+
+def documents(n: int) -> list[str]:
+    """The first `n` entries of the corpus, as ASCII (see test_training_equals_hugging_face_per_document)."""
+    return [doc.encode("ascii", "ignore").decode() for doc in default_corpus().split("\n\n")[:n]]
+
+
+def learned_tokens(merges) -> list[bytes]:
+    vocab = bpe.build_vocab(merges)
+    return [vocab[i] for i in sorted(merges.values())]
+
+
+def test_split_on_special_worked_examples():
+    assert bpe.split_on_special("a.<|endoftext|>b", [EOT]) == ["a.", "b"]
+    assert bpe.split_on_special(EOT + EOT, [EOT]) == ["", "", ""]
+    assert bpe.split_on_special("no specials", []) == ["no specials"]
+    # The longest special token is tried first: "<|a|>b" is not cut as "<|a|>" + "b".
+    assert bpe.split_on_special("x<|a|>by<|a|>z", ["<|a|>", "<|a|>b"]) == ["x", "y", "z"]
+    assert bpe.split_on_special("1+2", ["+"]) == ["1", "2"]  # regex characters are escaped
+
+
+def test_split_on_special_errors():
+    with pytest.raises(TypeError, match="list of strings"):
+        bpe.split_on_special("text", EOT)
+    with pytest.raises(ValueError, match="non-empty strings"):
+        bpe.split_on_special("text", [""])
+
+
+def test_no_merge_crosses_the_document_separator():
+    docs = documents(300)
+    text = EOT.join(docs)
+    inside = "\x00".join(docs).encode()  # every learned token must occur inside one document
+    tokens = learned_tokens(bpe.train_bpe(text, 600, special_tokens=[EOT]))
+    assert [t for t in tokens if t not in inside] == []
+    assert not [t for t in tokens if b"<|" in t or b"|>" in t]
+    # Without the split the same corpus learns tokens across the separator: the checks above can fail.
+    unsplit = learned_tokens(bpe.train_bpe(text, 600))
+    assert {b"<|", b"|>", b".<|"} <= {t for t in unsplit if t not in inside}
+
+
+def test_training_equals_hugging_face_per_document():
+    """Oracle: Hugging Face `tokenizers` trained on the documents as separate sequences learns the same
+    merges, in the same order, as ours on the documents joined by <|endoftext|>.
+
+    The tokenizers are made comparable: the same GPT-2 split, and ASCII text without the byte-to-unicode
+    remapping, so Hugging Face's alphabet ids sort like byte values and ties go to the same pair."""
+    tokenizers = pytest.importorskip("tokenizers")
+    docs = documents(800)
+    n_merges = 300
+    hf = tokenizers.Tokenizer(tokenizers.models.BPE())
+    hf.pre_tokenizer = tokenizers.pre_tokenizers.Split(
+        tokenizers.Regex(bpe.GPT2_SPLIT_PATTERN), behavior="isolated"
+    )
+    alphabet = set("".join(docs))
+    trainer = tokenizers.trainers.BpeTrainer(
+        vocab_size=len(alphabet) + 1 + n_merges, special_tokens=[EOT], show_progress=False, min_frequency=0
+    )
+    hf.train_from_iterator(docs, trainer)
+    hf_tokens = [(a + b).encode() for a, b in json.loads(hf.to_str())["model"]["merges"]]
+    ours = learned_tokens(bpe.train_bpe(EOT.join(docs), 256 + n_merges, special_tokens=[EOT]))
+    assert len(hf_tokens) == n_merges
+    assert ours == hf_tokens
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.text(alphabet="ab <|>\n.", max_size=30), max_size=5), st.integers(256, 290))
+def test_incremental_trainer_equals_naive_with_special_tokens(docs, vocab_size):
+    text = "<|x|>".join(docs)
+    merges = bpe.train_bpe(text, vocab_size, special_tokens=["<|x|>"])
+    assert merges == bpe.train_bpe_naive(text, vocab_size, special_tokens=["<|x|>"])
+    # Cutting at the special token is the same as training on the documents' chunks counted together.
+    assert merges == bpe.train_bpe("\x00".join(docs), vocab_size, special_tokens=["\x00"])

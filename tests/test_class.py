@@ -27,8 +27,8 @@ import sys
 import nbformat
 import pytest
 
+from instructor.harness import Course, solution_sources, with_cells, written_answers
 from instructor.simulate_class import simulate
-from tests.nbgrader_harness import Course, solution_sources, with_cells
 
 # Five: s00 right, s01 independent solutions, s02 a copy of one, s03 and s04 the attacks of issue 13.
 STUDENTS = int(os.environ.get("LLM_COURSE_CLASS_STUDENTS", "5"))
@@ -96,7 +96,9 @@ def test_validate_correct_and_empty_submissions(tmp_path):
     course.generate()
     exercise = course.student_notebook()
     correct, empty = tmp_path / "correct.ipynb", tmp_path / "empty.ipynb"
-    nbformat.write(with_cells(exercise, solution_sources(chapter)), correct)
+    # Correct code and a written answer: an empty answer fails validation ("You did not provide a response.").
+    answers = {name: "An answer in my own words." for name in written_answers(chapter)}
+    nbformat.write(with_cells(exercise, {**solution_sources(chapter), **answers}), correct)
     nbformat.write(exercise, empty)
 
     ok = validate(course, correct)
@@ -109,3 +111,4 @@ def test_validate_correct_and_empty_submissions(tmp_path):
     for fn in solution_sources(chapter):
         assert f"checks.check_{fn}({fn})" in out, f"validate should name the failing test of {fn}"
     assert out.count("is not implemented yet") >= 5  # (validate cuts long lines)
+    assert "You did not provide a response." in out  # the empty written answer

@@ -34,3 +34,23 @@ def test_bad_input_is_one_clear_line(tmp_path):
     assert proc.stderr.strip().startswith("error: corpus path") and "Traceback" not in proc.stderr
     proc = run("tokenize", "--vocab-size", "10")
     assert proc.returncode == 2 and "vocab_size must be at least 256" in proc.stderr
+
+
+def test_train_then_generate_from_the_checkpoint_alone(tmp_path):
+    """`train` writes checkpoints that `generate --checkpoint` samples from with no other flag."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("The quick brown fox jumps over the lazy dog. " * 100, encoding="utf-8")
+    out = tmp_path / "run"
+    proc = run("train", "--corpus", str(corpus), "--out", str(out), "--vocab-size", "280", "--steps", "2",
+               "--batch-size", "2", "--seq-len", "16", "--checkpoint-interval", "2", "--device", "cpu", "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    checkpoint = out / "step_0000002"
+    assert {"model.safetensors", "llm_course_config.json", "tokenizer.json"} <= {p.name for p in checkpoint.iterdir()}
+    proc = run("generate", "--checkpoint", str(checkpoint), "--prompt", "The quick", "--max-new-tokens", "5")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("The quick") and proc.stdout.rstrip("\n") != "The quick"  # new tokens follow
+
+
+def test_parallel_training_needs_torchrun(tmp_path):
+    proc = run("train", "--parallel", "ddp", "--out", str(tmp_path / "run"))
+    assert proc.returncode == 2 and "start the run with torchrun" in proc.stderr

@@ -109,6 +109,8 @@ def test_positional_modules():
     fixed = SinusoidalPositionalEncoding(32, 8)
     assert list(fixed.parameters()) == [] and fixed.state_dict() == {}  # a constant, not saved
     torch.testing.assert_close(fixed(torch.tensor([0, 3])), sinusoidal_encoding(32, 8)[[0, 3]])
+    scaled = SinusoidalPositionalEncoding(32, 8, scale=0.25)
+    torch.testing.assert_close(scaled(torch.tensor([0, 3])), 0.25 * sinusoidal_encoding(32, 8)[[0, 3]])
 
 
 def test_sinusoidal_encoding_in_float64_is_computed_in_float64():

@@ -1,14 +1,19 @@
 """Tests for llm_course.failures: the retrieval task, accuracy by position, calibration, token splits."""
 
+import dataclasses
 import math
+import shutil
 
 import pytest
 import torch
 
+from llm_course import cache
 from llm_course.failures import (
+    RetrievalBatches,
     RetrievalTask,
     RetrievalTraining,
     accuracy_by_position,
+    answer_cross_entropy,
     answer_position_weights,
     expected_calibration_error,
     letters_in_tokens,
@@ -19,9 +24,12 @@ from llm_course.failures import (
     number_splits,
     reliability_bins,
     retrieval_accuracy_by_position,
+    retrieval_cache_dir,
     retrieval_prompt,
+    retrieval_train_config,
 )
 from llm_course.tokenizer import Tokenizer
+from llm_course.trainer import Trainer
 from llm_course.transformer import Transformer, TransformerConfig
 
 
@@ -125,3 +133,65 @@ def test_retrieval_training_learns_and_is_cached(tmp_path):
     result = retrieval_accuracy_by_position(model, cfg.task, 50, torch.Generator().manual_seed(0))
     assert result["accuracy"].shape == result["stderr"].shape == result["prob_correct"].shape == (4,)
     assert result["accuracy"].mean() > 1 / 8  # better than guessing a value
+
+
+def test_retrieval_model_cache_follows_settings_and_imported_code(tmp_path, monkeypatch):
+    """The key covers what failures.py imports (attention.py through the transformer), not only failures.py."""
+    cfg = RetrievalTraining(steps=10)
+    folder = retrieval_cache_dir(cfg, tmp_path)
+    assert folder.parent == tmp_path / "failures" and folder == retrieval_cache_dir(cfg, tmp_path)
+    assert retrieval_cache_dir(dataclasses.replace(cfg, seed=1), tmp_path) != folder
+    copy = shutil.copytree(cache.PACKAGE_ROOT, tmp_path / "llm_course", ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(cache, "PACKAGE_ROOT", copy)
+    assert retrieval_cache_dir(cfg, tmp_path) == folder
+    (copy / "bpe.py").write_text((copy / "bpe.py").read_text() + "\n\ndef edited():\n    return 1\n")
+    assert retrieval_cache_dir(cfg, tmp_path) == folder  # the retrieval model never imports the tokenizer
+    (copy / "attention.py").write_text((copy / "attention.py").read_text() + "\n\ndef edited():\n    return 1\n")
+    assert retrieval_cache_dir(cfg, tmp_path) != folder
+
+
+def test_retrieval_batches_follow_the_curriculum_and_resume_exactly():
+    cfg = RetrievalTraining(task=RetrievalTask(n_pairs=6, n_keys=8, n_values=4), batch_size=5, min_pairs=2,
+                            curriculum_steps=10)  # fmt: skip
+    data = RetrievalBatches(cfg)
+    batches = [data.next_batch() for _ in range(30)]
+    lengths = [ids.shape[1] for ids, _ in batches]
+    assert all(cfg.task.seq_len(2) <= n <= cfg.task.seq_len(6) for n in lengths)
+    assert lengths[0] == cfg.task.seq_len(2) and max(lengths[10:]) == cfg.task.seq_len(6)  # starts short, reaches full
+    for ids, targets in batches:
+        assert ids.shape[0] == targets.shape[0] == 5
+        values = targets - cfg.task.n_facts - cfg.task.n_keys  # the answer is a value token
+        assert ((0 <= values) & (values < cfg.task.n_values)).all()
+    resumed = RetrievalBatches(cfg)
+    resumed.load_state_dict(RetrievalBatches(cfg, drawn=17).state_dict())
+    assert all(torch.equal(a, b) for a, b in zip(resumed.next_batch(), batches[17]))
+
+
+def test_answer_cross_entropy_reads_the_last_position_only():
+    torch.manual_seed(0)
+    model = Transformer(TransformerConfig(vocab_size=11, context_length=8, d_model=16, n_layers=1, n_heads=2)).eval()
+    ids, targets = torch.randint(0, 11, (3, 8)), torch.tensor([1, 5, 7])
+    loss, metrics = answer_cross_entropy(model, (ids, targets))
+    log_probs = model(ids)[:, -1].log_softmax(-1)  # (B, V)
+    assert metrics == {} and torch.allclose(loss, -log_probs[torch.arange(3), targets].mean())
+
+
+def test_retrieval_training_resumes_exactly_from_a_checkpoint(tmp_path):
+    """The retrieval model trains on the course's Trainer: a run stopped at step 3 and resumed ends where
+    an uninterrupted one does."""
+    cfg = RetrievalTraining(task=RetrievalTask(n_pairs=4, n_keys=8, n_values=8), d_model=16, steps=6, batch_size=8)
+
+    def fresh(out_dir):
+        model = Transformer(cfg.model_config(), generator=torch.Generator().manual_seed(cfg.seed))
+        return Trainer(model, retrieval_train_config(cfg), data=RetrievalBatches(cfg), objective=answer_cross_entropy,
+                       out_dir=out_dir, log=None)  # fmt: skip
+
+    whole = fresh(tmp_path / "whole")
+    whole.train()
+    stopped = fresh(tmp_path / "stopped")
+    stopped.train(until_step=3)
+    resumed = Trainer.resume(tmp_path / "stopped", data=RetrievalBatches(cfg), objective=answer_cross_entropy, log=None)
+    resumed.train()
+    assert resumed.history["loss"] == whole.history["loss"]  # the first 3 restored from the checkpoint
+    for a, b in zip(whole.model.state_dict().values(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b)

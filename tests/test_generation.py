@@ -11,7 +11,15 @@ import pytest
 import torch
 
 from llm_course.checkpoints import from_hf_state_dict, save_model, to_hf_config
-from llm_course.generation import generate, load_checkpoint, next_token_logits, perplexity, token_nlls
+from llm_course.beam_search import beam_search
+from llm_course.generation import (
+    generate,
+    load_checkpoint,
+    next_token_logits,
+    perplexity,
+    token_nlls,
+    truncate_at_stop,
+)
 from llm_course.tokenizer import Tokenizer
 from llm_course.transformer import Transformer, llama_tiny, tiny
 
@@ -47,6 +55,11 @@ MODELS = pytest.mark.parametrize("make", [tiny, llama_tiny], ids=["gpt2", "llama
 
 
 # ----------------------------------------------------------------------------- oracle: Hugging Face
+@pytest.fixture(scope="module")
+def gpt2_pair():
+    return hf_and_ours(tiny)
+
+
 @MODELS
 def test_greedy_equals_hugging_face(make):
     hf, ours = hf_and_ours(make)
@@ -251,3 +264,143 @@ def test_cli_errors_are_one_clear_line(checkpoint, tmp_path):
     empty.mkdir()
     no_model = run("--checkpoint", empty, "--prompt", "x")
     assert no_model.returncode == 2 and "has no llm_course_config.json" in no_model.stderr
+
+
+# ----------------------------------------------------------------------------- beam search
+@pytest.mark.parametrize(("num_beams", "length_penalty"), [(2, 1.0), (4, 0.0), (3, 2.0)])
+def test_beam_search_equals_hugging_face(gpt2_pair, num_beams, length_penalty):
+    hf, ours = gpt2_pair
+    idx = prompt()
+    expected = hf_generate(
+        hf, idx, do_sample=False, num_beams=num_beams, max_new_tokens=8, length_penalty=length_penalty
+    )
+    got = beam_search(ours, idx, 8, num_beams, length_penalty=length_penalty)
+    assert torch.equal(got, expected)
+    if num_beams == 4:  # the beams found something greedy decoding did not
+        assert not torch.equal(got, generate(ours, idx, 8, temperature=0))
+
+
+@pytest.mark.parametrize(("length_penalty", "early_stopping"), [(1.0, True), (2.0, False), (0.0, False)])
+def test_beam_search_with_end_of_sequence_equals_hugging_face(gpt2_pair, length_penalty, early_stopping):
+    """Beams that end at different lengths: the length penalty, which candidates may finish, and when
+    the search stops all change the result (each setting here tells a variant of one of them apart)."""
+    hf, ours = gpt2_pair
+    idx = prompt(batch=4)
+    free = beam_search(ours, idx, 10, 3)[:, idx.shape[1] :]
+    eos = 53  # one of the two tokens these beams produce most often (7 times, in 3 of the 4 rows)
+    assert torch.bincount(free.flatten())[eos] == torch.bincount(free.flatten()).max()
+    expected = hf_generate(
+        hf, idx, do_sample=False, num_beams=3, max_new_tokens=10, eos_token_id=eos, pad_token_id=eos,
+        length_penalty=length_penalty, early_stopping=early_stopping,
+    )
+    got = beam_search(ours, idx, 10, 3, length_penalty=length_penalty, eos_id=eos, early_stopping=early_stopping)
+    assert (got[:, idx.shape[1] :] == eos).any(), "the end-of-sequence path was not exercised"
+    assert torch.equal(got, expected)
+
+
+def test_beam_search_with_llama_equals_hugging_face():
+    hf, ours = hf_and_ours(llama_tiny)
+    idx = prompt(batch=2)
+    expected = hf_generate(hf, idx, do_sample=False, num_beams=3, max_new_tokens=6)
+    assert torch.equal(beam_search(ours, idx, 6, 3), expected)
+
+
+def test_one_beam_is_greedy_and_errors(gpt2_pair):
+    _, ours = gpt2_pair
+    idx = prompt()
+    assert torch.equal(beam_search(ours, idx, 10, 1), generate(ours, idx, 10, temperature=0))
+    assert torch.equal(beam_search(ours, idx, 0, 2), idx)
+    with pytest.raises(ValueError, match="num_beams must be at least 1"):
+        beam_search(ours, idx, 5, 0)
+    with pytest.raises(TypeError, match="num_beams must be an int"):
+        beam_search(ours, idx, 5, 2.0)
+    with pytest.raises(ValueError, match="max_new_tokens must be at least 0"):
+        beam_search(ours, idx, -1, 2)
+    with pytest.raises(ValueError, match=r"\(B, T\) tensor"):
+        beam_search(ours, idx[0], 5, 2)
+
+
+# ----------------------------------------------------------------------------- penalties and min-p
+@pytest.mark.parametrize("penalty", [1.5, 0.8])
+def test_greedy_with_repetition_penalty_equals_hugging_face(gpt2_pair, penalty):
+    hf, ours = gpt2_pair
+    idx = prompt()
+    expected = hf_generate(hf, idx, do_sample=False, max_new_tokens=20, repetition_penalty=penalty)
+    assert torch.equal(generate(ours, idx, 20, temperature=0, repetition_penalty=penalty), expected)
+    assert not torch.equal(expected, generate(ours, idx, 20, temperature=0))  # the penalty changed something
+
+
+def test_sampling_with_min_p_and_repetition_penalty_equals_hugging_face(gpt2_pair):
+    hf, ours = gpt2_pair
+    idx = prompt()
+    torch.manual_seed(5)
+    expected = hf_generate(
+        hf, idx, do_sample=True, max_new_tokens=20, temperature=1.2, top_k=0, min_p=0.1, repetition_penalty=1.2
+    )
+    got = generate(ours, idx, 20, 1.2, generator=torch.Generator().manual_seed(5), min_p=0.1, repetition_penalty=1.2)
+    assert torch.equal(got, expected)
+
+
+def test_frequency_penalty_counts_only_new_tokens(gpt2_pair):
+    """A huge frequency penalty forbids repeating a generated token, but not the prompt's tokens."""
+    _, ours = gpt2_pair
+    idx = prompt(batch=2)
+    out = generate(ours, idx, 30, temperature=0, frequency_penalty=1e4)[:, idx.shape[1] :]
+    for row in out.tolist():
+        assert len(set(row)) == len(row)
+    free = generate(ours, idx, 30, temperature=0)[:, idx.shape[1] :]
+    assert any(len(set(row)) < len(row) for row in free.tolist())  # without it, greedy decoding repeats
+
+
+# ----------------------------------------------------------------------------- stop strings
+class Letters:
+    """A decoder for the tests: token i is a short string, so stop strings span and split tokens."""
+
+    def __init__(self, vocab_size=V):
+        self.pieces = [chr(97 + i % 5) * (1 + i % 3) for i in range(vocab_size)]  # 'a', 'bb', 'ccc', 'd', ...
+
+    def decode(self, ids):
+        return "".join(self.pieces[i] for i in ids)
+
+
+def test_stop_strings_halt_exactly_where_the_text_first_contains_one(gpt2_pair):
+    """Oracle: decode every prefix of a free greedy run; the stopped run ends at the first prefix with a stop."""
+    _, ours = gpt2_pair
+    letters = Letters()
+    idx = prompt(batch=1)
+    free = generate(ours, idx, 40, temperature=0)[0, idx.shape[1] :].tolist()
+    text = letters.decode(free)
+    for stop in (text[5:8], text[11:13] + "x", text[20:23]):  # spanning tokens, starting or ending inside one
+        ends = [n for n in range(1, len(free) + 1) if any(s in letters.decode(free[:n]) for s in [stop, "zz"])]
+        got = generate(ours, idx, 40, temperature=0, stop=[stop, "zz"], tokenizer=letters)[0, idx.shape[1] :].tolist()
+        assert got == free[: ends[0]] if ends else got == free
+    assert truncate_at_stop("abcXdefYg", ["Y", "X"]) == "abc"
+    assert truncate_at_stop("abc", ["Z"]) == "abc"
+
+
+def test_stop_strings_in_a_batch_pad_with_eos(gpt2_pair):
+    _, ours = gpt2_pair
+    letters = Letters()
+    idx = prompt(batch=3)
+    free = generate(ours, idx, 20, temperature=0)
+    stop = letters.decode(free[0, idx.shape[1] : idx.shape[1] + 3].tolist())  # row 0 stops after 3 tokens
+    got = generate(ours, idx, 20, temperature=0, stop=[stop], tokenizer=letters, eos_id=0)
+    assert torch.equal(got[0, : idx.shape[1] + 3], free[0, : idx.shape[1] + 3])
+    assert (got[0, idx.shape[1] + 3 :] == 0).all()
+
+
+def test_stop_string_errors(gpt2_pair):
+    _, ours = gpt2_pair
+    idx = prompt()
+    with pytest.raises(TypeError, match="list of strings"):
+        generate(ours, idx[:1], 5, stop="\n", tokenizer=Letters())
+    with pytest.raises(ValueError, match="pass the tokenizer"):
+        generate(ours, idx[:1], 5, stop=["\n"])
+    with pytest.raises(ValueError, match="non-empty"):
+        generate(ours, idx[:1], 5, stop=[""], tokenizer=Letters())
+    with pytest.raises(ValueError, match="pass eos_id"):
+        generate(ours, idx, 5, stop=["a"], tokenizer=Letters())
+    with pytest.raises(ValueError, match="min_p must be in"):
+        generate(ours, idx, 5, min_p=2.0)
+    with pytest.raises(ValueError, match="repetition_penalty must be > 0"):
+        generate(ours, idx, 5, repetition_penalty=0.0)

@@ -1,4 +1,4 @@
-"""Tests of the graders, for every chapter in tests/chapters.py.
+"""Tests of the graders, for every chapter of the course manifest (course.toml).
 
 Fast tests run each notebook's cells in this process (reference passes every
 check; each planted bug fails a check of its function). The slow tests run the
@@ -6,33 +6,37 @@ real thing: `nbgrader generate_assignment` must reproduce the committed
 exercises, and one `nbgrader autograde` batch must give the reference full marks,
 the untouched exercise zero, and every planted bug fewer points than the maximum
 for its function.
+
+Every chapter also asks one or two written answers (Markdown cells that a person grades
+in formgrader, with a rubric in the instructor's version only). Autograding leaves an
+answered one to a person and gives an empty one 0: "full marks" above are the autograded
+points, and the written answers are checked on their own (tests/test_formgrader.py grades
+one in a browser).
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import re
 
 import nbformat
 import pytest
 
-from llm_course.grading import TimeLimitExceeded, time_limit
-from tests.chapters import CHAPTERS, REGISTERED, mutants
-from tests.nbgrader_harness import (
+from instructor.harness import (
+    CELL_TIME_LIMIT,
     ROOT,
-    SOLUTION_MARKERS,
     Course,
     grade_id,
     graded_cells,
     notebook_path,
+    run_in_process,
     solution_sources,
     with_cells,
+    written_answers,
 )
+from instructor.manifest import CHAPTERS, REGISTERED, mutants
 
-CELL_TIME_LIMIT = 60  # like nbgrader's Execute.timeout in nbgrader_config.py
-HIDDEN_MARKERS = re.compile(r"^[ \t]*### (BEGIN|END) HIDDEN TESTS[ \t]*\n?", re.MULTILINE)
+RUBRIC_ITEM = re.compile(r"^- \*\*(\d+(?:\.\d+)?) points?\.\*\*", re.MULTILINE)
 MUTANT_CASES = [(ch, fn, bug) for ch in CHAPTERS for fn, bugs in mutants(ch).items() for bug in bugs]
 
 
@@ -41,40 +45,9 @@ def function_points(chapter: str, fn: str) -> float:
     return cells[f"test_{fn}"] + cells[f"test_{fn}_hidden"]
 
 
-def run_in_process(
-    chapter: str, replacements: dict[str, str] | None = None, stop_after: str | None = None
-) -> dict[str, str | None]:
-    """Execute a chapter's source notebook here; return grade cell id -> error message (None if it passed).
-
-    Cells named in `replacements` get that source instead; execution ends after the
-    cell `stop_after`, if given.
-    """
-    replacements = replacements or {}
-    nb = nbformat.read(notebook_path(ROOT / "solutions", chapter), as_version=4)
-    namespace: dict = {"__name__": "__main__"}
-    outcome: dict[str, str | None] = {}
-    for cell in nb.cells:
-        if cell.cell_type != "code":
-            continue
-        info = cell.metadata.get("nbgrader", {})
-        source = replacements.get(grade_id(cell), cell.source)
-        source = HIDDEN_MARKERS.sub("", SOLUTION_MARKERS.sub("", source))
-        error = None
-        try:
-            with contextlib.redirect_stdout(io.StringIO()), time_limit(CELL_TIME_LIMIT):
-                exec(compile(source, f"<{grade_id(cell)}>", "exec"), namespace)
-        except (Exception, TimeLimitExceeded) as err:  # noqa: BLE001 - a failing cell is an outcome
-            error = f"{type(err).__name__}: {err}"
-        if info.get("grade"):
-            outcome[grade_id(cell)] = error
-        if grade_id(cell) == stop_after:
-            break
-    return outcome
-
-
 def test_every_solution_folder_is_registered():
     folders = {p.name for p in (ROOT / "solutions").iterdir() if p.is_dir()}
-    assert folders <= set(REGISTERED), f"add {sorted(folders - set(REGISTERED))} to tests/chapters.py"
+    assert folders <= set(REGISTERED), f"add {sorted(folders - set(REGISTERED))} to course.toml"
     assert folders <= set(CHAPTERS), f"{sorted(folders - set(CHAPTERS))} have no planted bugs in tests/mutants/"
     for chapter in folders:
         assert (ROOT / "exercises" / chapter).is_dir(), f"exercises/{chapter} is missing: run make exercises"
@@ -92,6 +65,34 @@ def test_conventions(chapter):
     assert set(mutants(chapter)) == set(sources), "every graded function needs planted bugs (and only those)"
     for fn, bugs in mutants(chapter).items():
         assert len(bugs) >= 3, f"{fn} needs at least three planted bugs"
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS)
+def test_written_answers(chapter):
+    """One or two written answers, each a question (locked) followed by an answer cell whose whole
+    instructor text is a rubric between solution markers; the student version has the question and
+    an empty answer cell, never the rubric."""
+    written = written_answers(chapter)
+    assert 1 <= len(written) <= 2, f"{chapter} needs one or two written answers, has {sorted(written)}"
+    source = nbformat.read(notebook_path(ROOT / "solutions", chapter), as_version=4).cells
+    released = {grade_id(c): c for c in nbformat.read(notebook_path(ROOT / "exercises", chapter), as_version=4).cells}
+    for i, cell in enumerate(source):
+        if grade_id(cell) not in written:
+            continue
+        name, info = grade_id(cell), cell.metadata["nbgrader"]
+        assert name.startswith("explain_") and info["solution"] and not info["locked"] and info["points"] > 0, name
+        body = cell.source.strip().split("\n")
+        assert body[0] == "### BEGIN SOLUTION" and body[-1] == "### END SOLUTION", f"{name}: rubric outside the markers"
+        assert body[1].startswith(f"**Rubric** ({info['points']:g} points"), f"{name}: {body[1]}"
+        assert sum(float(p) for p in RUBRIC_ITEM.findall(cell.source)) == info["points"], f"{name}: rubric points"
+        question = source[i - 1]
+        assert grade_id(question) == f"md_{name}" and question.cell_type == "markdown", name
+        assert question.metadata["nbgrader"]["locked"] and not question.metadata["nbgrader"]["grade"], name
+        assert f"({info['points']:g} points, a written answer)" in question.source, name
+        assert released[f"md_{name}"].source == question.source
+        assert released[name].source == "YOUR ANSWER HERE", f"{name}: the student version must be an empty answer"
+    text = notebook_path(ROOT / "exercises", chapter).read_text()
+    assert "Rubric" not in text and "full-marks answer" not in text, f"exercises/{chapter} shows a rubric"
 
 
 @pytest.mark.parametrize("chapter", CHAPTERS)
@@ -136,7 +137,9 @@ def test_autograde_reference_untouched_and_bugs(chapter, tmp_path, request):
     course = Course(tmp_path, chapter)
     course.generate()
     exercise = course.student_notebook()
-    course.submit("reference", with_cells(exercise, solution_sources(chapter)))
+    # The reference also answers the written questions (with the rubric's model answer).
+    answers = {name: "A written answer, graded by a person." for name in written_answers(chapter)}
+    course.submit("reference", with_cells(exercise, {**solution_sources(chapter), **answers}))
     course.submit("untouched", exercise)
     reference = solution_sources(chapter)
     # Each notebook costs a kernel start: by default the first three bugs of each function go
@@ -155,8 +158,16 @@ def test_autograde_reference_untouched_and_bugs(chapter, tmp_path, request):
 
     assert set(results) == {"reference", "untouched", *names}
     full = results["reference"]
+    # Autograded points: the reference has them all, the untouched exercise none.
     assert full.total == full.total_max > 0, f"reference lost points: {full.score}"
     assert results["untouched"].total == 0, f"untouched exercise earned points: {results['untouched'].score}"
+    # Written answers: an answered one waits for a person (no score yet), an empty one gets 0 at once.
+    for name, points in written_answers(chapter).items():
+        answered, empty = full.written[name], results["untouched"].written[name]
+        assert answered.needs_manual_grade and answered.auto_score is None and answered.manual_score is None, answered
+        assert not empty.needs_manual_grade and empty.auto_score == 0, empty
+        assert answered.max_score == empty.max_score == points
+    assert set(full.written) == set(written_answers(chapter))
     for student, (fn, bug) in names.items():
         earned = results[student].score[f"test_{fn}"] + results[student].score[f"test_{fn}_hidden"]
         assert earned < function_points(chapter, fn), f"planted bug {bug!r} in {fn} lost no points"

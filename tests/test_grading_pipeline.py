@@ -29,8 +29,8 @@ import re
 import nbformat
 import pytest
 
+from instructor.harness import Course, grade_id, graded_cells, solution_sources, with_cells
 from tests.mutants.tokenization import MUTANTS
-from tests.nbgrader_harness import Course, grade_id, graded_cells, solution_sources, with_cells
 
 CHAPTER = "02_tokenization"
 FUNCTIONS = ["get_pair_counts", "merge", "train", "encode", "decode"]

@@ -320,7 +320,7 @@ def test_flops_per_token_match_pytorchs_flop_counter(activation, n_experts, k):
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         moe(x)
     assert counter.get_total_flops() == n * moe_flops_per_token(C, Fh, n_experts, k, activation)
-    dense = Block(C, 4, Fh, activation=activation, bias=False).ffn
+    dense = Block(TransformerConfig(d_model=C, n_heads=4, d_ff=Fh, activation=activation, bias=False)).ffn
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         dense(x)
     assert counter.get_total_flops() == n * ffn_flops_per_token(C, Fh, activation)

@@ -1,4 +1,5 @@
-"""PPO (llm_course.ppo): GAE and the clipped loss by hand and by independent formulations, masks, a tiny run."""
+"""PPO (llm_course.ppo): GAE and the clipped loss by hand and by independent formulations, masks, a tiny run,
+the update phase on the Trainer against a plain loop."""
 
 import copy
 import math
@@ -8,6 +9,7 @@ import torch
 
 from llm_course import ppo
 from llm_course.lora import apply_lora
+from llm_course.optim import warmup_cosine
 from tests.alignment_setup import tiny_model
 
 
@@ -215,18 +217,17 @@ def test_ppo_and_dpo_steps_run_on_cuda():
     result = ppo.ppo_train(policy, head, prompts, lambda t, n: (t[:, 3:] == 7).float().mean(-1), 0, config,
                            iterations=2, batch_size=8)  # fmt: skip
     assert len(result.history["score"]) == 2
-    opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=1e-3)
     tokens = torch.randint(1, 12, (4, 6), device=device)
     mask = torch.zeros(4, 6, dtype=torch.bool, device=device)
     mask[:, 3:] = True
     # ppo_train has moved the adapters, so the policy is no longer its reference: the loss is not
-    # ln 2. The same step on a CPU copy of the policy is the oracle.
-    policy_cpu = copy.deepcopy(policy).cpu()
-    opt_cpu = torch.optim.AdamW([p for p in policy_cpu.parameters() if p.requires_grad], lr=1e-3)
-    expected, chosen_cpu, _ = dpo.dpo_step(policy_cpu, opt_cpu, tokens.cpu(), mask.cpu(), beta=0.1)
-    loss, chosen, rejected = dpo.dpo_step(policy, opt, tokens, mask, beta=0.1)
-    assert chosen.device.type == "cuda" and loss == pytest.approx(expected, abs=1e-4)
-    torch.testing.assert_close(chosen.cpu(), chosen_cpu, atol=1e-4, rtol=1e-3)
+    # ln 2. The same objective on a CPU copy of the policy is the oracle.
+    objective = dpo.DPOObjective(beta=0.1)
+    expected, metrics_cpu = objective(copy.deepcopy(policy).cpu(), (tokens.cpu(), mask.cpu()))
+    loss, metrics = objective(policy, (tokens, mask))
+    assert loss.device.type == "cuda" and loss.item() == pytest.approx(expected.item(), abs=1e-4)
+    for name, value in metrics.items():
+        assert value.item() == pytest.approx(metrics_cpu[name].item(), abs=1e-4), name
 
 
 def test_kl_penalized_rewards_pay_the_score_at_the_last_masked_token():
@@ -246,3 +247,45 @@ def test_gae_ignores_whatever_sits_at_padding():
     advantages, returns = ppo.gae(rewards, values, mask, gamma=1.0, lam=1.0)
     torch.testing.assert_close(advantages, torch.tensor([[0.5, 0.8, 0.0]]))
     torch.testing.assert_close(returns, torch.tensor([[1.0, 1.0, 0.0]]))
+
+
+def test_ppo_update_phase_on_the_trainer_equals_a_plain_loop():
+    # The oracle: the same rollout and minibatches, torch.optim.AdamW, torch's gradient clipping and
+    # the warmup + cosine learning rate, in a loop of our own (the update phase of the paper).
+    policy = apply_lora(_tiny(), ("w_q", "w_v", "lm_head"), r=4, alpha=8, generator=torch.Generator().manual_seed(1))
+    head = ppo.ValueHead(32)
+    oracle_policy, oracle_head = copy.deepcopy(policy), copy.deepcopy(head)
+    prompts = torch.randint(1, 12, (6, 3), generator=torch.Generator().manual_seed(0))
+    config = ppo.PPOConfig(beta=0.1, lr=1e-2, epochs=2, minibatch_size=4, max_new_tokens=5, warmup=0.25, ent_coef=0.01)
+    runner = ppo.PPO(policy, head, lambda t, n: (t[:, 3:] == 7).float().mean(-1), 0, config, iterations=1, batch_size=6)
+    ro, stats = runner.step(prompts)
+    assert runner.updates == 4 and len(runner.trainer.history["loss"]) == 4
+
+    advantages, returns = ppo.ppo_advantages(ro, config)
+    params = [p for p in oracle_policy.parameters() if p.requires_grad] + list(oracle_head.parameters())
+    opt = torch.optim.AdamW(params, lr=config.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
+    order = ppo.RolloutMinibatches(4, seed=0)
+    order.set_rollout({"row": torch.arange(6)})
+    clip_fracs = []
+    for step in range(4):
+        mb = order.next_batch()["row"]
+        for group in opt.param_groups:
+            group["lr"] = warmup_cosine(step, 1, 4, config.lr, config.lr * config.min_lr_ratio)
+        logits, values = ppo.policy_outputs(oracle_policy, oracle_head, ro.tokens[mb], 3)
+        logprobs = ppo.token_logprobs(logits, ro.tokens[mb, 3:])
+        mask = ro.mask[mb]
+        loss = (ppo.ppo_clip_loss(logprobs, ro.logprobs[mb], advantages[mb], mask, 0.2)
+                + 0.5 * ppo.value_loss(values, ro.values[mb], returns[mb], mask, 0.2)
+                - 0.01 * ppo.masked_mean(ppo.entropy(logits), mask))  # fmt: skip
+        ratio = torch.exp(logprobs.detach() - ro.logprobs[mb])
+        clip_fracs.append(ppo.masked_mean(((ratio - 1).abs() > 0.2).float(), mask).item())
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+    assert stats["clip_frac"] == pytest.approx(sum(clip_fracs) / 4, abs=1e-6)
+    for p, q in zip([*policy.parameters(), *head.parameters()], [*oracle_policy.parameters(), *oracle_head.parameters()]):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-4)  # Adam: see test_sft's oracle test
+    assert any((p != 0).any() for n, p in policy.named_parameters() if "lora_B" in n)  # the updates did something
+    with pytest.raises(RuntimeError, match="updates are done"):
+        runner.step(prompts)

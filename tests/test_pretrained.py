@@ -1,12 +1,13 @@
 """The cached pretrained model: trained once, reused, keyed by recipe and code, safe with two processes."""
 
 import dataclasses
+import shutil
 import threading
 
 import pytest
 import torch
 
-from llm_course import pretrained
+from llm_course import cache, pretrained
 from llm_course.data import default_corpus
 from llm_course.pretrained import Recipe, load_pretrained, pretrained_dir, pretrained_info, recipe_key
 from llm_course.trainer import TrainConfig
@@ -33,7 +34,9 @@ def test_trains_once_then_reads_the_cache(tmp_path, recipe):
     assert any("training the pretrained model 'test' once" in line for line in lines)
     assert not model.training and tok.n_vocab == 300 and tok.special_tokens == {"<|endoftext|>": 299}
     folder = pretrained_dir(recipe, tmp_path / "cache")
-    assert {p.name for p in folder.iterdir()} == {"model.safetensors", "llm_course_config.json", "tokenizer.json", "info.json"}
+    assert {p.name for p in folder.iterdir()} == {
+        "model.safetensors", "llm_course_config.json", "tokenizer.json", "info.json", "cache.json"
+    }  # fmt: skip
     info = pretrained_info(recipe, tmp_path / "cache")
     assert len(info["history"]["loss"]) == 4 and info["val_history"]["step"] == [4]
     lines.clear()
@@ -43,12 +46,18 @@ def test_trains_once_then_reads_the_cache(tmp_path, recipe):
         assert torch.equal(p, q)
 
 
-def test_key_changes_with_the_recipe_and_the_code(recipe, monkeypatch):
+def test_key_changes_with_the_recipe_and_the_code(recipe, monkeypatch, tmp_path):
     key = recipe_key(recipe)
     assert recipe_key(dataclasses.replace(recipe, note="only words")) == key
     assert recipe_key(dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, lr=1e-2))) != key
     assert recipe_key(recipe, text="another corpus") != key
-    monkeypatch.setattr(pretrained, "source_hash", lambda: "edited code")
+    # The code: the keys hash a copy of the package, in which attention.py (imported through the
+    # transformer and the trainer, never by pretrained.py itself) is edited.
+    copy = shutil.copytree(cache.PACKAGE_ROOT, tmp_path / "llm_course", ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(cache, "PACKAGE_ROOT", copy)
+    assert recipe_key(recipe) == key
+    attention = copy / "attention.py"
+    attention.write_text(attention.read_text() + "\n\ndef edited():\n    return 1\n")
     assert recipe_key(recipe) != key
 
 
@@ -78,7 +87,7 @@ def test_two_concurrent_loads_train_once(tmp_path, recipe):
 def test_an_unfinished_folder_is_not_taken_for_a_model(tmp_path, recipe):
     folder = pretrained_dir(recipe, tmp_path)
     folder.mkdir(parents=True)
-    (folder / "model.safetensors").write_bytes(b"half a file")  # a crash before info.json was written
+    (folder / "model.safetensors").write_bytes(b"half a file")  # a crash before the entry was finished
     model, _ = load_pretrained(recipe, cache=tmp_path, log=None)
     assert (folder / "info.json").exists() and sum(p.numel() for p in model.parameters()) > 0
 

@@ -74,3 +74,15 @@ def test_reward_model_learns_a_separable_preference(tok):
     assert rmod.evaluate_reward_model(rm, pairs, tok) == 1.0
     with pytest.raises(ValueError, match="at least one"):
         rmod.train_reward_model(rm, [], tok)
+
+
+def test_pairwise_objective_is_the_loss_and_accuracy_of_the_batch(tok):
+    rm = rmod.RewardModel(tiny_model(tok.n_vocab))
+    torch.nn.init.normal_(rm.head.weight)
+    pairs = [Preference("Write about: list", "a list of string objects", "bad", 2.0, 0.0),
+             Preference("Write about: list", "good", "the good answer is bad", 1.0, 0.0)]  # fmt: skip
+    tokens, lengths = rmod.collate_pair_rewards(pairs, tok)
+    loss, metrics = rmod.pairwise_objective(rm, (tokens, lengths))
+    rewards = torch.stack([rm(*rmod.collate_pair_rewards([p], tok)) for p in pairs])  # (2 pairs, [chosen, rejected])
+    torch.testing.assert_close(loss, rmod.pairwise_loss(rewards[:, 0], rewards[:, 1]), rtol=1e-5, atol=1e-6)
+    assert metrics["accuracy"].item() == rmod.preference_accuracy(rewards[:, 0], rewards[:, 1])

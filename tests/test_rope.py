@@ -1,18 +1,25 @@
 """Tests for llm_course.rope: against Hugging Face's Llama RoPE, Meta's complex-number form,
 and the relative-position property."""
 
+import math
+
 import pytest
 import torch
 
+from llm_course.embeddings import inverse_frequencies
 from llm_course.rope import (
+    RopeScaling,
     RotaryEmbedding,
     apply_rope,
     apply_rope_interleaved,
     interleaved_to_half_order,
+    ntk_scaled_base,
     permute_interleaved_to_half,
     rope_cache,
     rope_score,
     rotate_half,
+    scaled_inverse_frequencies,
+    yarn_ramp,
 )
 
 
@@ -141,3 +148,105 @@ def test_bf16_rotation_is_rounded_once():
     # What bf16 tables with bf16 products give: measurably worse.
     naive = x * cos[positions].bfloat16() + rotate_half(x) * sin[positions].bfloat16()
     assert (naive.double() - exact).abs().max() > 2 * (got.double() - exact).abs().max()
+
+
+# ---------------------------------------------------------------------------------------
+# Scaling for longer contexts, against Hugging Face's rope init functions
+# ---------------------------------------------------------------------------------------
+
+
+def hf_inv_freq(kind, d_head, base, max_positions, seq_len=None, **params):
+    """inv_freq and attention factor from transformers.modeling_rope_utils for a Llama config."""
+    rope_utils = pytest.importorskip("transformers.modeling_rope_utils")
+    from transformers import LlamaConfig
+
+    config = LlamaConfig(
+        hidden_size=4 * d_head, num_attention_heads=4, max_position_embeddings=max_positions,
+        rope_parameters={"rope_type": kind, "rope_theta": base, **params},
+    )  # fmt: skip
+    return rope_utils.ROPE_INIT_FUNCTIONS[kind](config, "cpu", seq_len=seq_len)
+
+
+@pytest.mark.parametrize("d_head", [16, 64, 128])
+@pytest.mark.parametrize("factor", [2.0, 4.0, 8.0])
+def test_linear_scaling_equals_hugging_face(d_head, factor):
+    hf, hf_attention = hf_inv_freq("linear", d_head, 10000.0, 64, factor=factor)
+    ours, attention = scaled_inverse_frequencies(d_head, 10000.0, RopeScaling("linear", factor))
+    torch.testing.assert_close(ours, hf, atol=0, rtol=1e-6)
+    assert attention == hf_attention == 1.0
+
+
+@pytest.mark.parametrize("d_head", [16, 64, 128])
+@pytest.mark.parametrize("seq_len", [128, 256, 1000])
+def test_ntk_scaling_equals_hugging_face_dynamic(d_head, seq_len):
+    """HF's "dynamic" NTK with factor 1 at length L' is the static NTK-aware base with s = L' / L."""
+    original = 64
+    hf, _ = hf_inv_freq("dynamic", d_head, 10000.0, original, seq_len=seq_len, factor=1.0)
+    ours, attention = scaled_inverse_frequencies(d_head, 10000.0, RopeScaling("ntk", seq_len / original))
+    torch.testing.assert_close(ours, hf, atol=0, rtol=1e-5)
+    assert attention == 1.0
+
+
+@pytest.mark.parametrize("d_head", [16, 64, 128])
+@pytest.mark.parametrize(("factor", "original", "base"), [(2.0, 64, 10000.0), (4.0, 64, 10000.0),
+                                                          (8.0, 4096, 500000.0), (16.0, 2048, 10000.0)])  # fmt: skip
+def test_yarn_equals_hugging_face(d_head, factor, original, base):
+    hf, hf_attention = hf_inv_freq(
+        "yarn", d_head, base, int(original * factor), factor=factor, original_max_position_embeddings=original
+    )
+    ours, attention = scaled_inverse_frequencies(d_head, base, RopeScaling("yarn", factor, original))
+    torch.testing.assert_close(ours, hf, atol=1e-9, rtol=1e-5)
+    assert attention == pytest.approx(hf_attention, rel=1e-12)
+
+
+def test_ntk_base_keeps_the_fastest_pair_and_slows_the_slowest_by_the_factor():
+    D, s = 32, 4.0
+    plain = inverse_frequencies(D, 10000.0, dtype=torch.float64)
+    ntk = inverse_frequencies(D, ntk_scaled_base(10000.0, s, D), dtype=torch.float64)
+    assert ntk[0].item() == plain[0].item() == 1.0
+    assert ntk[-1].item() == pytest.approx(plain[-1].item() / s, rel=1e-12)
+    assert bool((ntk <= plain).all())  # every pair slowed, by between 1 and s
+
+
+def test_linear_scaling_puts_position_m_at_the_angle_of_m_over_s():
+    D, s = 16, 4
+    cos, sin = rope_cache(D, 256, scaling=RopeScaling("linear", float(s)), dtype=torch.float64)
+    cos0, sin0 = rope_cache(D, 64, dtype=torch.float64)
+    torch.testing.assert_close(cos[::s], cos0)
+    torch.testing.assert_close(sin[::s], sin0)
+
+
+def test_yarn_ramp_keeps_fast_pairs_and_interpolates_slow_ones():
+    D, L, s = 64, 64, 4.0
+    ramp = yarn_ramp(D, 10000.0, L)
+    assert ramp.shape == (D // 2,) and ramp[0] == 0.0 and ramp[-1] == 1.0
+    assert bool((ramp[1:] >= ramp[:-1]).all())  # monotone from "keep" to "interpolate"
+    plain = inverse_frequencies(D, 10000.0)
+    yarn, factor = scaled_inverse_frequencies(D, 10000.0, RopeScaling("yarn", s, L))
+    rotations = L * plain / (2 * torch.pi)  # turns of each pair over the trained length
+    torch.testing.assert_close(yarn[rotations > 32], plain[rotations > 32])
+    torch.testing.assert_close(yarn[rotations < 1], plain[rotations < 1] / s)
+    assert factor == pytest.approx(0.1 * math.log(s) + 1)
+    cos, _ = rope_cache(D, 8, scaling=RopeScaling("yarn", s, L))
+    assert cos[0, 0].item() == pytest.approx(factor)  # YaRN multiplies cos and sin by its factor
+
+
+def test_scaling_rejects_bad_settings():
+    with pytest.raises(ValueError, match="must be one of"):
+        RopeScaling("cubic", 2.0)
+    with pytest.raises(ValueError, match="at least 1"):
+        RopeScaling("linear", 0.5)
+    with pytest.raises(ValueError, match="original_context"):
+        RopeScaling("yarn", 2.0)
+    with pytest.raises(ValueError, match="d_head > 2"):
+        ntk_scaled_base(10000.0, 2.0, 2)
+
+
+def test_rotary_module_with_scaling_survives_casts():
+    scaling = RopeScaling("yarn", 4.0, 32)
+    rope = RotaryEmbedding(16, 128, scaling=scaling).to(torch.float64)
+    cos, sin = rope_cache(16, 128, scaling=scaling)
+    assert rope.cos.dtype == torch.float32
+    torch.testing.assert_close(rope.cos, cos)
+    torch.testing.assert_close(rope.sin, sin)
+    assert "scaling=yarn" in repr(rope)

@@ -6,10 +6,21 @@ import math
 import pytest
 import torch
 
-from llm_course.sampling import apply_temperature, check_sampling_settings, sample_next, top_k_filter, top_p_filter
+from llm_course.sampling import (
+    apply_temperature,
+    check_sampling_settings,
+    frequency_penalty,
+    min_p_filter,
+    repetition_penalty,
+    sample_next,
+    top_k_filter,
+    top_p_filter,
+)
 
 transformers = pytest.importorskip("transformers")
 from transformers.generation.logits_process import (  # noqa: E402
+    MinPLogitsWarper,
+    RepetitionPenaltyLogitsProcessor,
     TemperatureLogitsWarper,
     TopKLogitsWarper,
     TopPLogitsWarper,
@@ -266,3 +277,78 @@ def test_a_generator_on_another_device_than_the_logits_is_refused_clearly():
     with pytest.raises(RuntimeError, match=r"generator is on 'cpu' and the logits to sample from on 'meta'"):
         sample_next(logits, temperature=1.0, generator=torch.Generator())
     assert sample_next(logits, temperature=0, generator=torch.Generator()).device.type == "meta"  # greedy draws nothing
+
+
+# ----------------------------------------------------------------------------- min-p and penalties
+@pytest.mark.parametrize("min_p", [0.0, 0.05, 0.3, 0.9, 1.0])
+@pytest.mark.parametrize("scale", [0.5, 3.0, 10.0])
+def test_min_p_equals_hugging_face(min_p, scale):
+    logits = random_logits(7, scale=scale)
+    expected = MinPLogitsWarper(min_p)(torch.zeros(4, 1, dtype=torch.long), logits)
+    assert torch.equal(min_p_filter(logits, min_p), expected)
+
+
+def test_min_p_worked_example():
+    probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
+    kept = min_p_filter(probs.log(), 0.2).isfinite()  # threshold 0.2 * 0.5 = 0.1
+    assert kept.tolist() == [[True, True, True, False]]
+    # The threshold follows the top token: a flat distribution keeps everything at the same min_p.
+    assert min_p_filter(torch.zeros(1, 5), 0.9).isfinite().all()
+
+
+def test_min_p_comes_after_top_p_as_in_hugging_face():
+    logits = random_logits(8, scale=2.0)
+    torch.manual_seed(3)
+    warped = MinPLogitsWarper(0.2)(torch.zeros(4, 1, dtype=torch.long), hugging_face(logits, 0.8, 10, 0.9))
+    expected = torch.multinomial(torch.softmax(warped, -1), 1).squeeze(-1)
+    got = sample_next(logits, 0.8, 10, 0.9, torch.Generator().manual_seed(3), min_p=0.2)
+    assert torch.equal(got, expected)
+
+
+@pytest.mark.parametrize("penalty", [0.5, 1.0, 1.3, 2.0])
+def test_repetition_penalty_equals_hugging_face(penalty):
+    logits = random_logits(9)
+    tokens = torch.randint(0, 50, (4, 12), generator=torch.Generator().manual_seed(1))  # with repeats
+    expected = RepetitionPenaltyLogitsProcessor(penalty)(tokens, logits.clone())
+    assert torch.equal(repetition_penalty(logits, tokens, penalty), expected)
+
+
+def test_repetition_penalty_worked_example():
+    logits = torch.tensor([[2.0, -2.0, 1.0, 0.5]])
+    tokens = torch.tensor([[0, 1, 1, 1]])  # token 1 three times: penalised once
+    assert repetition_penalty(logits, tokens, 2.0).tolist() == [[1.0, -4.0, 1.0, 0.5]]
+
+
+def test_frequency_and_presence_penalties_against_a_loop():
+    logits = random_logits(10, shape=(3, 20))
+    tokens = torch.randint(0, 20, (3, 15), generator=torch.Generator().manual_seed(2))
+    expected = logits.clone()
+    for row, seq in enumerate(tokens.tolist()):
+        for token in set(seq):
+            expected[row, token] -= 0.7 * seq.count(token) + 0.4
+    torch.testing.assert_close(frequency_penalty(logits, tokens, 0.7, 0.4), expected)
+    assert torch.equal(frequency_penalty(logits, tokens[:, :0]), logits)  # no tokens yet: no change
+    worked = frequency_penalty(torch.zeros(1, 3), torch.tensor([[2, 2, 0]]), frequency=1.0, presence=0.5)
+    assert worked.tolist() == [[-1.5, 0.0, -2.5]]
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "message"),
+    [
+        (lambda: min_p_filter(torch.zeros(1, 3), 1.5), ValueError, r"min_p must be in \[0, 1\]"),
+        (lambda: min_p_filter(torch.zeros(1, 3), -0.1), ValueError, r"min_p must be in \[0, 1\]"),
+        (lambda: sample_next(torch.zeros(1, 3), min_p="0.1"), TypeError, "min_p must be a number"),
+        (lambda: repetition_penalty(torch.zeros(1, 3), torch.zeros(1, 1, dtype=torch.long), 0), ValueError,
+         "repetition_penalty must be > 0"),
+        (lambda: repetition_penalty(torch.zeros(1, 3), torch.zeros(1, 1, dtype=torch.long), -1.2), ValueError,
+         "repetition_penalty must be > 0"),
+        (lambda: repetition_penalty(torch.zeros(1, 3), torch.tensor([[3]]), 1.2), ValueError, r"ids in \[0, 3\)"),
+        (lambda: repetition_penalty(torch.zeros(2, 3), torch.zeros(1, 1, dtype=torch.long), 1.2), ValueError,
+         "same B"),
+        (lambda: frequency_penalty(torch.zeros(1, 3), torch.zeros(1, 1, dtype=torch.long), float("nan")),
+         ValueError, "frequency must be finite"),
+    ],
+)
+def test_penalty_and_min_p_errors(call, error, message):
+    with pytest.raises(error, match=message):
+        call()

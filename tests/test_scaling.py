@@ -16,8 +16,6 @@ from llm_course.scaling import (
     KAPLAN,
     PF_DAY,
     ChinchillaLaw,
-    _lr_at,
-    _source_fingerprint,
     chinchilla_loss,
     chinchilla_optimal,
     compute_frontier,
@@ -31,6 +29,7 @@ from llm_course.scaling import (
     kaplan_loss_nd,
     non_embedding_parameters,
     run_sweep,
+    train_run,
     sweep_config,
     tokens_per_parameter_rule,
     training_flops,
@@ -236,13 +235,28 @@ def test_unrounded_exponents_and_epoch_refit_at_the_gopher_budget():
 
 
 # --------------------------------------------------------------------------- the sweep
-def test_lr_schedule():
-    steps, peak = 100, 1.0
-    assert _lr_at(0, steps, peak) == pytest.approx(0.1)
-    assert _lr_at(9, steps, peak) == pytest.approx(1.0)
-    assert _lr_at(steps, steps, peak) == pytest.approx(0.1)
-    values = [_lr_at(s, steps, peak) for s in range(10, steps)]
-    assert all(a >= b for a, b in zip(values, values[1:]))
+def test_train_run_is_a_trainer_run_whose_schedule_spans_the_run(monkeypatch):
+    from llm_course.optim import warmup_cosine
+    from llm_course.trainer import Trainer
+
+    trainers = []
+    train = Trainer.train
+
+    def watched(self, *args, **kwargs):
+        trainers.append(self)
+        return train(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "train", watched)
+    pattern = torch.arange(50).repeat(60)
+    args = (sweep_config(16, 1, 50, 16), pattern[:2500], pattern[2500:], 1000, 4, 0.01)
+    run = train_run(*args, seed=3)
+    (trainer,) = trainers
+    steps = math.ceil(1000 / (4 * 16))  # 16 steps of 64 tokens
+    assert run["n_tokens"] == steps * 64 and trainer.step == steps
+    # warmup over the first 10% of the steps, then a cosine to 10% of the peak at the run's last step
+    assert trainer.history["lr"] == pytest.approx([warmup_cosine(s, 1, steps, 0.01, 0.001) for s in range(steps)])
+    assert trainer.history["action"] == ["update"] * steps and run["train_loss"] == trainer.history["loss"][-1]
+    assert train_run(*args, seed=3)["val_loss"] == run["val_loss"] != train_run(*args, seed=4)["val_loss"]
 
 
 def test_evaluate_loss_is_mean_cross_entropy():
@@ -273,11 +287,3 @@ def test_run_sweep_tiny_and_cached(tmp_path, monkeypatch):
     assert run_sweep(train_ids, val_ids, **settings, cache_dir=tmp_path, verbose=False) == runs
     with pytest.raises(AssertionError, match="trained again"):  # other settings: another cache entry
         run_sweep(train_ids, val_ids, **{**settings, "batch_size": 2}, cache_dir=tmp_path, verbose=False)
-
-
-def test_cache_key_ignores_docstrings_and_comments():
-    code = 'def f(x):\n    """Add one."""\n    return x + 1  # one\n'
-    reworded = 'def f(x):\n    """Add 1 to x.\n\n    More text.\n    """\n\n    return (x + 1)\n'
-    changed = 'def f(x):\n    """Add one."""\n    return x + 2\n'
-    assert _source_fingerprint(code) == _source_fingerprint(reworded)
-    assert _source_fingerprint(code) != _source_fingerprint(changed)

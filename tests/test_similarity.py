@@ -25,8 +25,8 @@ import nbformat
 import pytest
 
 from instructor import similarity as S
-from tests.chapters import CHAPTERS
-from tests.nbgrader_harness import ROOT, notebook_path, solution_sources, with_cells
+from instructor.harness import ROOT, notebook_path, solution_sources, with_cells
+from instructor.manifest import CHAPTERS
 from tests.similarity_samples import DISGUISES, INDEPENDENT, rename, reorder
 
 SOLUTIONS = {chapter: solution_sources(chapter) for chapter in CHAPTERS}
@@ -83,7 +83,7 @@ def test_same_figures_in_every_run():
     import subprocess
     import sys
 
-    code = ("from instructor.similarity import similarity; from tests.nbgrader_harness import solution_sources as s;"
+    code = ("from instructor.similarity import similarity; from instructor.harness import solution_sources as s;"
             "a = s('12_alignment'); print(similarity(a['ppo_clip_loss'], a['gae']).shares)")
     other = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                            env={"PYTHONHASHSEED": "1", "PATH": ""}).stdout

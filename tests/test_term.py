@@ -15,10 +15,10 @@ import datetime as dt
 import pytest
 from nbgrader.api import Gradebook
 
-from instructor.late_penalty import DAY_SECONDS, PerDayLatePenalty, late_fraction
+from instructor.harness import ROOT
+from instructor.late_penalty import DAY_SECONDS, PerDayLatePenalty, late_fraction, reapply_late_penalties
 from instructor.lms_export import CANVAS_IDENTITY, MOODLE_IDENTITY, CanvasExport, MoodleExport
 from instructor.schedule import ScheduleError, load_schedule, set_due_dates, to_utc
-from tests.nbgrader_harness import ROOT
 
 
 # --------------------------------------------------------------------------- the policy
@@ -145,8 +145,11 @@ def _filled_gradebook(tmp_path) -> str:
             gb.add_student(sid, first_name=first, last_name=last, email=email, lms_user_id=lms or None)
             if score is None:
                 continue
-            gb.add_submission("a1", sid, timestamp="2027-02-20 10:00:00 UTC")
-            gb.find_grade("points", "nb", "a1", sid).auto_score = score
+            # 11 hours late (10 %) where a penalty is given, on time otherwise.
+            stamp = "2027-02-20 10:00:00 UTC" if penalty else "2027-02-19 20:00:00 UTC"
+            gb.add_submission("a1", sid, timestamp=stamp)
+            grade = gb.find_grade("points", "nb", "a1", sid)
+            grade.auto_score, grade.needs_manual_grade = score, False  # as autograding leaves a code cell
             gb.find_submission_notebook("nb", "a1", sid).late_submission_penalty = penalty
         gb.db.commit()
     return url
@@ -212,3 +215,64 @@ def test_exporters_work_from_nbgrader_export(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "canvas.csv").read_text().startswith("Student,ID,SIS User ID,SIS Login ID,Section,a1,a2")
+
+
+# --------------------------------------------------------------------------- written answers
+def _written_gradebook(tmp_path) -> str:
+    """a1 with a 10-point code cell and a 5-point written answer (Markdown), as autograding leaves it:
+    ada handed in 11 hours late (10 %), bob on time; the answers wait for a person."""
+    url = _gradebook(tmp_path, {"a1": dt.datetime(2027, 2, 19, 22, 59)})
+    with Gradebook(url) as gb:
+        gb.add_grade_cell("essay", "nb", "a1", max_score=5, cell_type="markdown")
+        for sid, stamp in [("ada", "2027-02-20 10:00:00 UTC"), ("bob", "2027-02-19 20:00:00 UTC")]:
+            gb.add_student(sid)
+            gb.add_submission("a1", sid, timestamp=stamp)
+            code = gb.find_grade("points", "nb", "a1", sid)
+            code.auto_score, code.needs_manual_grade = 8.0, False
+            essay = gb.find_grade("essay", "nb", "a1", sid)
+            essay.auto_score, essay.needs_manual_grade = None, True  # answered: for a person
+            # nbgrader's penalty, computed when autograding, from the autograded 8 points only.
+            gb.find_submission_notebook("nb", "a1", sid).late_submission_penalty = 0.8 if sid == "ada" else None
+        gb.db.commit()
+    return url
+
+
+def _canvas(url, tmp_path, **traits) -> dict[str, str]:
+    """Canvas's column of a1 per student, exported with the course's late policy (as nbgrader_config.py sets it)."""
+    from traitlets.config import Config
+
+    config = Config({"AssignLatePenalties": {"plugin_class": "instructor.late_penalty.PerDayLatePenalty"}})
+    out = tmp_path / "canvas.csv"
+    with Gradebook(url) as gb:
+        CanvasExport(to=str(out), config=config, **traits).export(gb)
+    rows = list(csv.reader(out.open()))
+    assert rows[1][5] == "15"  # points possible: code and written
+    return {r[3]: r[5] for r in rows[2:]}
+
+
+def test_export_waits_for_written_answers_then_penalises_the_total(tmp_path):
+    url = _written_gradebook(tmp_path)
+    # Not graded yet: the LMS grade is left alone (or, asked for, the points so far, penalty applied).
+    assert _canvas(url, tmp_path) == {"ada": "", "bob": ""}
+    assert _canvas(url, tmp_path, ungraded="score") == {"ada": "7.2", "bob": "8"}
+
+    with Gradebook(url) as gb:  # what formgrader saves when the instructor enters a score
+        for sid, points in [("ada", 4.0), ("bob", 3.0)]:
+            essay = gb.find_grade("essay", "nb", "a1", sid)
+            essay.manual_score, essay.needs_manual_grade = points, False
+        gb.db.commit()
+    # ada: 12 points, 10 % late: 10.8, although the gradebook still holds the penalty of 8 points.
+    assert _canvas(url, tmp_path) == {"ada": "10.8", "bob": "11"}
+    assert _nbgrader_scores(url, tmp_path)[("a1", "ada")] == "11.2"  # nbgrader's CSV: the stale penalty
+
+    # `python -m instructor penalties` stores the penalty of the total (with the course's policy, from
+    # its nbgrader_config.py); nbgrader's own export then agrees, and a second run changes nothing.
+    import shutil
+
+    from instructor.course import penalties
+
+    shutil.copy(ROOT / "nbgrader_config.py", tmp_path / "nbgrader_config.py")
+    assert penalties(tmp_path, db_url=url) == {("a1", "ada"): (0.8, pytest.approx(1.2))}
+    assert float(_nbgrader_scores(url, tmp_path)[("a1", "ada")]) == pytest.approx(10.8)
+    with Gradebook(url) as gb:
+        assert reapply_late_penalties(gb, PerDayLatePenalty()) == {}

@@ -161,3 +161,108 @@ def test_chunks_equal_tiktoken_gpt2_pattern_on_random_text(text):
     from tiktoken_ext.openai_public import r50k_pat_str
 
     assert bpe.pretokenize(text) == regex.findall(r50k_pat_str, text)
+
+
+# ----------------------------------------------------------------------------- training with special tokens
+def test_training_cuts_the_corpus_at_special_tokens():
+    docs = default_corpus().split("\n\n")[:300]
+    tok = Tokenizer.train(EOT.join(docs), 600, special_tokens=[EOT])
+    learned = [tok.vocab[i] for i in tok.merges.values()]
+    assert not [t for t in learned if b"<|" in t or b"|>" in t]
+    assert tok.encode(EOT.join(docs[:3]), allowed_special="all").count(tok.special_tokens[EOT]) == 2
+    with pytest.raises(TypeError, match="list of strings"):
+        Tokenizer.train("text", 300, special_tokens=EOT)
+
+
+# ----------------------------------------------------------------------------- streaming encoder
+CL100K_PATTERN = (  # tiktoken's cl100k_base split, to check the stream's cut rule on a second pattern
+    r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"""
+)
+HARD_STREAM = "we'll  see\n\n  it's 12345 x<|endoftext|> y'\tz!!  \n a.<|endoftext|>\n\n" * 3
+
+
+def pieces_at(text: str, cuts) -> list[str]:
+    cuts = sorted(set(cuts))
+    return [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)])]
+
+
+@pytest.mark.parametrize("buffer_chars", [1, 7, 1 << 16])
+def test_encode_iterable_equals_encode_whatever_the_pieces(tok, buffer_chars):
+    text = default_corpus()[:20_000] + HARD_STREAM
+    expected = tok.encode(text, allowed_special="all")
+    lines = text.splitlines(keepends=True)
+    single_chars = list(text[-2_000:])
+    assert list(tok.encode_iterable(lines, allowed_special="all", buffer_chars=buffer_chars)) == expected
+    assert list(tok.encode_iterable(single_chars, "all", buffer_chars=buffer_chars)) == tok.encode(
+        text[-2_000:], allowed_special="all"
+    )
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.text(alphabet="ab1 '\n\t.!<|>sl", max_size=60),
+    st.lists(st.integers(0, 60), max_size=8),
+    st.sampled_from([bpe.GPT2_SPLIT_PATTERN, CL100K_PATTERN]),
+)
+def test_stream_cuts_never_change_the_chunks(text, cuts, pattern):
+    """Whatever the pieces and the pattern (GPT-2's or cl100k's), the stream's ids equal encode's."""
+    # Merges inside words and inside whitespace and punctuation runs ("\n\n", "  ", "!\n"), so a chunk cut
+    # in two gets other ids.
+    merges = {(97, 98): 256, (32, 97): 257, (39, 115): 258, (10, 10): 259, (32, 32): 260, (33, 10): 261, (32, 10): 262}
+    tok = Tokenizer(merges, {"<|x|>": 263}, pattern=pattern)
+    text = text.replace("|", "<|x|>")  # special tokens too, which the cuts must not split
+    expected = tok.encode(text, allowed_special="all")
+    got = list(tok.encode_iterable(pieces_at(text, [c for c in cuts if c <= len(text)]), "all", buffer_chars=1))
+    assert got == expected
+    assert list(tok.encode_iterable(list(text), "all", buffer_chars=1)) == expected  # every cut gets tried
+
+
+def test_encode_iterable_reads_a_file(tok, tmp_path):
+    path = tmp_path / "corpus.txt"
+    text = default_corpus()[:30_000]
+    path.write_text(text, encoding="utf-8")
+    with open(path, encoding="utf-8") as f:
+        assert list(tok.encode_iterable(f, buffer_chars=4096)) == tok.encode(text)
+
+
+def test_encode_iterable_errors(tok):
+    with pytest.raises(TypeError, match="iterable of strings"):
+        list(tok.encode_iterable("one string"))
+    with pytest.raises(TypeError, match="expects strings, got a bytes"):
+        list(tok.encode_iterable([b"bytes"]))
+    with pytest.raises(ValueError, match="buffer_chars"):
+        list(tok.encode_iterable(["a"], buffer_chars=0))
+    # A disallowed special token split between two pieces is still found.
+    with pytest.raises(ValueError, match="not allowed"):
+        list(tok.encode_iterable(["a <|endof", "text|> b"], buffer_chars=1))
+    spaced = Tokenizer(special_tokens={"<| sp |>": 256})
+    with pytest.raises(ValueError, match="contains whitespace"):
+        list(spaced.encode_iterable(["a"]))
+
+
+def test_encode_iterable_memory_is_bounded(tok):
+    """tracemalloc's peak while streaming 4x more text stays the same; encode's grows with the text."""
+    import itertools
+    import tracemalloc
+
+    lines = default_corpus()[:40_000].splitlines(keepends=True)
+
+    def peak(run) -> int:
+        fresh = Tokenizer(tok.merges, tok.special_tokens)  # an empty chunk cache for each run
+        tracemalloc.start()
+        try:
+            run(fresh)
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    def stream(times):
+        return lambda t: sum(1 for _ in t.encode_iterable(itertools.chain(*[lines] * times), buffer_chars=4096))
+
+    def whole(times):
+        return lambda t: len(t.encode("".join(lines) * times))
+
+    stream_1, stream_4 = peak(stream(1)), peak(stream(4))
+    whole_4 = peak(whole(4))
+    assert stream_4 < 1.2 * stream_1
+    assert stream_4 < whole_4 / 3

@@ -153,6 +153,120 @@ def test_bf16_autocast_on_cpu_runs():
     assert all(p.dtype == torch.float32 for p in trainer.model.parameters())  # fp32 master weights
 
 
+# --------------------------------------------------------------------------- objectives and data sources
+class ShuffledPairs:
+    """A data source of dict batches: fixed (x, y) pairs of sequences, reshuffled each epoch by (seed, epoch)."""
+
+    def __init__(self, stream: torch.Tensor, batch_size: int, seq_len: int = 16, seed: int = 0):
+        n = (len(stream) - 1) // seq_len
+        self.x = stream[: n * seq_len].view(n, seq_len)
+        self.y = stream[1 : n * seq_len + 1].view(n, seq_len)
+        self.batch_size, self.seed, self.epoch, self.cursor = batch_size, seed, 0, 0
+
+    def next_batch(self):
+        if self.cursor + self.batch_size > len(self.x):
+            self.epoch, self.cursor = self.epoch + 1, 0
+        order = torch.randperm(len(self.x), generator=torch.Generator().manual_seed(1000 * self.seed + self.epoch))
+        rows = order[self.cursor : self.cursor + self.batch_size]
+        self.cursor += self.batch_size
+        return {"input": self.x[rows], "target": self.y[rows]}
+
+    def state_dict(self):
+        return {"seed": self.seed, "epoch": self.epoch, "cursor": self.cursor}
+
+    def load_state_dict(self, state):
+        self.seed, self.epoch, self.cursor = state["seed"], state["epoch"], state["cursor"]
+
+
+def z_loss_objective(model, batch):
+    """Cross-entropy plus 1e-3 x the squared log-partition function (PaLM's z-loss), both logged."""
+    logits = model(batch["input"])
+    ce = torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch["target"].flatten())
+    z = logits.logsumexp(dim=-1).pow(2).mean()
+    return ce + 1e-3 * z, {"cross_entropy": ce, "z_loss": z}
+
+
+def custom_trainer(out_dir=None, cls=Trainer, **kw) -> Trainer:
+    settings = dict(batch_size=4, seq_len=16, max_steps=12, lr=3e-3, warmup_steps=3, eval_interval=4,
+                    spike_min_history=4, spike_window=20)  # fmt: skip
+    settings.update(kw)
+    model = Transformer(model_config(dropout=0.1), generator=torch.Generator().manual_seed(0))
+    val = ShuffledPairs(tokens(400, seed=1), batch_size=4)
+    return cls(model, TrainConfig(**settings), data=ShuffledPairs(tokens(3000), batch_size=4),
+               val_batches=[val.next_batch() for _ in range(2)], objective=z_loss_objective, out_dir=out_dir,
+               log=None)  # fmt: skip
+
+
+def test_an_objectives_metrics_are_logged_per_step_and_per_validation():
+    trainer = custom_trainer(max_steps=8)
+    history = trainer.train()
+    assert len(history["z_loss"]) == len(history["cross_entropy"]) == len(history["loss"]) == 8
+    for loss, ce, z in zip(history["loss"], history["cross_entropy"], history["z_loss"]):
+        assert loss == pytest.approx(ce + 1e-3 * z, rel=1e-6)  # the loss is the objective's, aux term included
+    assert trainer.val_history["step"] == [4, 8] and len(trainer.val_history["z_loss"]) == 2
+    assert history["cross_entropy"][0] == pytest.approx(math.log(V), abs=0.3)
+
+
+def test_the_moe_objective_adds_the_balance_loss():
+    from llm_course.trainer import MoELanguageModeling
+    from llm_course.transformer import moe_aux_loss
+
+    model = Transformer(model_config(n_experts=4, experts_per_token=2), generator=torch.Generator().manual_seed(0))
+    config = TrainConfig(batch_size=4, seq_len=16, max_steps=6, lr=3e-3, warmup_steps=2, eval_interval=3,
+                         eval_batches=2)  # fmt: skip
+    trainer = Trainer(model, config, tokens(3000), tokens(400, seed=1), objective=MoELanguageModeling(0.5), log=None)
+    batch = trainer.get_batch()
+    loss, metrics = trainer.compute_loss(batch)
+    logits = model(batch[0])  # an independent computation of the same quantity
+    want = torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch[1].flatten()) + 0.5 * moe_aux_loss(model)
+    torch.testing.assert_close(loss, want)
+    trainer.train()
+    assert all(2.0 - 1e-5 <= a <= 4.0 + 1e-5 for a in trainer.history["aux_loss"])  # k (balanced) to E (collapsed)
+    for loss, ce, aux in zip(trainer.history["loss"], trainer.history["cross_entropy"], trainer.history["aux_loss"]):
+        assert loss == pytest.approx(ce + 0.5 * aux, rel=1e-6)
+    assert len(trainer.val_history["aux_loss"]) == 2
+
+
+def test_bad_objectives_and_data_arguments_are_refused():
+    model = Transformer(model_config(), generator=torch.Generator().manual_seed(0))
+    config = TrainConfig(batch_size=4, seq_len=16, max_steps=2, warmup_steps=1)
+    with pytest.raises(ValueError, match="either train_tokens or a data source"):
+        Trainer(model, config, tokens(3000), data=ShuffledPairs(tokens(3000), 4), log=None)
+    with pytest.raises(ValueError, match="either train_tokens or a data source"):
+        Trainer(model, config, log=None)
+    for metrics, match in [({"lr": torch.tensor(1.0)}, "taken"), ({"rows": torch.ones(3)}, "one number")]:
+        def objective(model, batch, metrics=metrics):
+            return z_loss_objective(model, batch)[0], metrics
+
+        trainer = Trainer(model, config, data=ShuffledPairs(tokens(3000), 4), objective=objective, log=None)
+        with pytest.raises(ValueError, match=match):
+            trainer.train_step()
+    trainer = Trainer(model, config, data=ShuffledPairs(tokens(3000), 4), log=None,
+                      objective=lambda m, b: (torch.ones(2, requires_grad=True), {}))  # fmt: skip
+    with pytest.raises(ValueError, match="scalar"):
+        trainer.train_step()
+
+
+def test_exact_resume_with_a_custom_objective_and_data_source(tmp_path):
+    straight = custom_trainer(tmp_path / "a", checkpoint_interval=5)
+    straight.train()
+    first = custom_trainer(tmp_path / "b", checkpoint_interval=5)
+    first.train(until_step=5)
+    del first
+    torch.manual_seed(123)
+    val = ShuffledPairs(tokens(400, seed=1), batch_size=4)
+    resumed = Trainer.resume(tmp_path / "b", None, None, log=None, data=ShuffledPairs(tokens(3000), batch_size=4),
+                             val_batches=[val.next_batch() for _ in range(2)], objective=z_loss_objective)  # fmt: skip
+    assert resumed.step == 5 and resumed.data.state_dict() == {"seed": 0, "epoch": 0, "cursor": 20}
+    resumed.train()
+    assert set(resumed.history) == set(straight.history)
+    for key in ("loss", "cross_entropy", "z_loss", "grad_norm", "lr", "action"):
+        assert resumed.history[key] == straight.history[key], key  # exact equality
+    assert resumed.val_history["z_loss"] == straight.val_history["z_loss"]
+    for p, q in zip(resumed.model.parameters(), straight.model.parameters()):
+        assert torch.equal(p, q)
+
+
 # --------------------------------------------------------------------------- spikes
 def test_is_spike_worked_examples():
     history = [2.0, 2.2, 1.8, 2.0, 2.2, 1.8, 2.0, 2.0]  # mean 2, std 0.1414
@@ -211,9 +325,9 @@ class NaNAt(Trainer):
 
     nan_step = 6
 
-    def compute_loss(self, x, y):
-        loss = super().compute_loss(x, y)
-        return loss * float("nan") if self.step == self.nan_step and self.model.training else loss
+    def compute_loss(self, batch):
+        loss, metrics = super().compute_loss(batch)
+        return (loss * float("nan") if self.step == self.nan_step and self.model.training else loss), metrics
 
 
 class InfGradAt(Trainer):
@@ -279,6 +393,19 @@ def test_damaged_weights_are_rolled_back(tmp_path, action):
     assert good[-1] < good[0] - 0.5  # training recovered
 
 
+def test_rollback_with_a_custom_objective_and_data_source(tmp_path):
+    trainer = custom_trainer(tmp_path, cls=LearningRateBlowUp, max_steps=30, eval_interval=0, checkpoint_interval=4,
+                             spike_min_history=8, spike_threshold=4.0, spike_action="rollback")  # fmt: skip
+    trainer.train()
+    rollbacks = [line for line in trainer.events if "rolled back" in line]
+    assert len(rollbacks) == 1 and "checkpoint of step 12" in rollbacks[0], trainer.events
+    assert trainer.step == 30 and len(trainer.history["z_loss"]) == len(trainer.history["loss"]) == trainer.iteration
+    # The data source went on from where it was: every batch of the run was a new one.
+    assert trainer.data.epoch * (len(trainer.data.x) // 4) + trainer.data.cursor // 4 == trainer.iteration
+    good = [ce for ce, a in zip(trainer.history["cross_entropy"], trainer.history["action"]) if a == "update"]
+    assert good[-1] < good[0] - 0.5
+
+
 class NewLevel(PlantedBatch):
     """From step 12 on, every batch is the planted one: the data has changed for good."""
 
@@ -304,8 +431,9 @@ def test_no_checkpoint_to_roll_back_to_raises():
     config = TrainConfig(batch_size=4, seq_len=16, max_steps=10, eval_interval=0, spike_threshold=0, spike_patience=2)
 
     class AlwaysNaN(Trainer):
-        def compute_loss(self, x, y):
-            return super().compute_loss(x, y) * float("nan")
+        def compute_loss(self, batch):
+            loss, metrics = super().compute_loss(batch)
+            return loss * float("nan"), metrics
 
     with pytest.raises(RuntimeError, match="no checkpoint"):
         AlwaysNaN(model, config, tokens(3000), log=None).train()
@@ -414,10 +542,10 @@ def test_training_loss_compiles_to_one_graph(precision):
     import torch._dynamo as dynamo
 
     trainer = make_trainer(precision=precision)
-    x, y = trainer.get_batch()
+    batch = trainer.get_batch()
     dynamo.reset()
     try:
-        out = dynamo.explain(trainer.compute_loss)(x, y)
+        out = dynamo.explain(trainer.compute_loss)(batch)
     finally:
         dynamo.reset()
     assert (out.graph_count, out.graph_break_count) == (1, 0), [str(r.reason)[:200] for r in out.break_reasons]

@@ -205,7 +205,7 @@ def test_block_pre_and_post_ln():
     torch.manual_seed(0)
     x = torch.randn(2, 5, 32)
     for pre_ln in (True, False):
-        block = Block(32, 4, 64, pre_ln=pre_ln).eval()
+        block = Block(micro(d_ff=64, pre_ln=pre_ln)).eval()
         attn = block.attn(block.norm1(x)) if pre_ln else None
         if pre_ln:
             h = x + attn
@@ -214,6 +214,40 @@ def test_block_pre_and_post_ln():
             h = block.norm1(x + block.attn(x))
             expected = block.norm2(h + block.ffn(h))
         torch.testing.assert_close(block(x), expected)
+
+
+@pytest.mark.parametrize("name", ["llama", "gpt", "post_ln"])
+def test_block_is_built_from_the_config(name):
+    """Block(config) is the model's block: same modules, same parameter shapes, same output."""
+    config = micro(**VARIANTS[name], n_experts=0)
+    model = Transformer(config).eval()
+    block = Block(config).eval()
+    assert [(k, p.shape) for k, p in block.named_parameters()] == [
+        (k, p.shape) for k, p in model.blocks[0].named_parameters()
+    ]
+    block.load_state_dict(model.blocks[0].state_dict())
+    x = torch.randn(2, 5, config.d_model)
+    torch.testing.assert_close(block(x), model.blocks[0](x))
+    assert block.attn.n_kv_heads == config.n_kv_heads and block.pre_ln == config.pre_ln
+
+
+def test_blocks_share_the_models_rope_table():
+    model = Transformer(micro(position="rope"))
+    assert all(block.attn.rope is model.rope for block in model.blocks)
+
+
+def test_block_rejects_loose_arguments():
+    with pytest.raises(TypeError):
+        Block(32, 4, 64)
+    with pytest.raises(TypeError, match="takes a TransformerConfig, got int"):
+        Block(32)
+    with pytest.raises(ValueError, match="RoPE table"):
+        Block(micro(), rope=Transformer(micro(position="rope")).rope)
+
+
+def test_moe_block_from_config():
+    block = Block(micro(n_experts=4, experts_per_token=2))
+    assert len(block.ffn.experts) == 4
 
 
 def test_block_gradient_norms():
