@@ -89,9 +89,15 @@ def init_process(
         rank = int(os.environ["RANK"])
     if world_size is None:
         world_size = int(os.environ["WORLD_SIZE"])
-    dist.init_process_group(
-        backend, init_method=init_method, rank=rank, world_size=world_size, timeout=timedelta(seconds=timeout_s)
-    )
+    timeout = timedelta(seconds=timeout_s)
+    store, rank, world_size = next(dist.rendezvous(init_method, rank, world_size, timeout=timeout))
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    if attempt is not None:
+        # torchrun's store outlives a restart, and with it the keys where the failed attempt's ranks
+        # wrote their addresses: a restarted rank could read a dead rank's address before the new one
+        # is written ("Connection refused"). Each attempt gets keys of its own.
+        store = dist.PrefixStore(f"llm_course/attempt_{attempt}", store)
+    dist.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=timeout)
     return backend
 
 

@@ -183,8 +183,9 @@ def _train(out, *args, ranks=1, script=None, restarts=0):
     if ranks == 1:
         cmd = [sys.executable, "-m", "llm_course", "train", "--device", "cpu"]
     else:
-        # --standalone: a c10d rendezvous on a free local port. Its store keys change with each restart; the
-        # static rendezvous (--master_port) keeps them, and a restarted gloo rank may dial a dead one's address.
+        # --standalone: a c10d rendezvous on a free local port. torchrun's store outlives a restart, so
+        # `distributed.init_process` gives each attempt its own keys (a restarted gloo rank could otherwise
+        # read the address of a rank of the failed attempt, and dial a dead one).
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}",
                f"--max-restarts={restarts}", "--monitor-interval=0.5"]  # fmt: skip
         cmd += [str(script), "train"] if script else ["-m", "llm_course", "train"]
