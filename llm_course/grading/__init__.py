@@ -335,6 +335,19 @@ def seeded(seed: int):
     return torch.Generator().manual_seed(seed)
 
 
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Run tiny models on one CPU thread: faster for them, and robust on a machine shared by many kernels."""
+    import torch  # here, not at import time: the tokenizer checks need no torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def passed(fn: Callable, what: str) -> None:
     """Print the line a student sees when a check passes."""
     print(f"\u2714 {_name(fn)}: {what}")

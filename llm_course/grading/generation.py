@@ -20,16 +20,15 @@ windows it is shown, so a wrong value comes with the windows that were expected.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import types
-from collections.abc import Iterator
 
 import torch
 from torch import nn
 
 from llm_course import generation, sampling
 from llm_course.grading import (
+    one_thread,
     CheckFailed,
     TimeLimitExceeded,
     call,
@@ -50,17 +49,6 @@ SEEDS_PROBS = [0.05, 0.45, 0.30, 0.20]  # the four-token example of the chapter
 # Dyadic probabilities: their softmax and every cumulative sum are exact in bf16, float32 and float64,
 # so a token whose mass above it *equals* top_p is tested without rounding deciding the answer.
 DYADIC_PROBS = [0.125, 0.5, 0.125, 0.25]  # sorted: 0.5, 0.25, 0.125, 0.125; mass above: 0, 0.5, 0.75, 0.875
-
-
-@contextlib.contextmanager
-def _one_thread() -> Iterator[None]:
-    """Run tiny models on one CPU thread: faster for them, and robust on a machine shared by many kernels."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _fmt(values) -> str:
@@ -600,7 +588,7 @@ def check_sample_next(fn, hidden: bool = False) -> None:
     torch.long of shape (B,).
     """
     forbid_reference(fn, sampling.sample_next, generation.generate)
-    with _one_thread():
+    with one_thread():
         _check_sample_next(fn, hidden)
 
 
@@ -781,7 +769,7 @@ def check_perplexity(fn, hidden: bool = False) -> None:
     model, stride = context_length), also when only context_length is given; repeated tokens.
     """
     forbid_reference(fn, generation.perplexity, generation.token_nlls)
-    with _one_thread():
+    with one_thread():
         _check_perplexity(fn, hidden)
 
 

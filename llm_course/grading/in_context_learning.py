@@ -19,28 +19,16 @@ No model is trained while grading: the models are small random transformers and 
 
 from __future__ import annotations
 
-import contextlib
 import types
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from llm_course import icl
-from llm_course.grading import call, expect_tensor, fail, first_difference, forbid_reference, passed, seeded, short
+from llm_course.grading import call, expect_tensor, fail, first_difference, forbid_reference, one_thread, passed, seeded, short
 from llm_course.grading.edges import edge
 from llm_course.transformer import Transformer, TransformerConfig
-
-
-@contextlib.contextmanager
-def _one_thread() -> Iterator[None]:
-    """Run tiny models on one CPU thread: faster for them, and robust on a machine shared by many kernels."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 # --------------------------------------------------------------------------- induction_score
@@ -131,7 +119,7 @@ def check_induction_score(fn, hidden: bool = False) -> None:
     has no repeat; float64 attention; no repeat anywhere raises ValueError.
     """
     forbid_reference(fn, icl.induction_score)
-    with _one_thread():
+    with one_thread():
         _check_induction_score(fn, hidden)
 
 
@@ -294,7 +282,7 @@ def check_score_answers(fn, hidden: bool = False) -> None:
     Llama-style model (RoPE); the model is called with the prompt and the answer's first m - 1 tokens.
     """
     forbid_reference(fn, icl.score_answers)
-    with _one_thread():
+    with one_thread():
         _check_score_answers(fn, hidden)
 
 
