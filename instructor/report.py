@@ -32,18 +32,25 @@ def exercise_of(grade_id: str) -> str:
     return name[: -len("_hidden")] if name.endswith("_hidden") else name
 
 
+def _found(gb, assignments: list[str]):
+    """(name, nbgrader assignment) of those of `assignments` the gradebook knows."""
+    from nbgrader.api import MissingEntry
+
+    for name in assignments:
+        try:
+            yield name, gb.find_assignment(name)
+        except MissingEntry:
+            continue
+
+
 def gradebook_scores(url: str, assignments: list[str]) -> dict:
     """assignment -> student -> exercise -> (score, max_score); a written answer that waits for a
     person has no score yet and is left out."""
-    from nbgrader.api import Gradebook, MissingEntry
+    from nbgrader.api import Gradebook
 
     out: dict = {}
     with Gradebook(url) as gb:
-        for name in assignments:
-            try:
-                assignment = gb.find_assignment(name)
-            except MissingEntry:
-                continue
+        for name, assignment in _found(gb, assignments):
             per_student = out.setdefault(name, {})
             for submission in assignment.submissions:
                 scores: dict = defaultdict(lambda: [0.0, 0.0])
@@ -61,15 +68,11 @@ def gradebook_scores(url: str, assignments: list[str]) -> dict:
 def written_status(url: str, assignments: list[str]) -> dict:
     """(assignment, written answer) -> {"waiting": n, "graded": n, "empty": n} over the submissions:
     answered and waiting for a person in formgrader, graded by one, or left empty (0 at once)."""
-    from nbgrader.api import Gradebook, MissingEntry
+    from nbgrader.api import Gradebook
 
     out: dict = {}
     with Gradebook(url) as gb:
-        for name in assignments:
-            try:
-                assignment = gb.find_assignment(name)
-            except MissingEntry:
-                continue
+        for name, assignment in _found(gb, assignments):
             for submission in assignment.submissions:
                 for nb in submission.notebooks:
                     for grade in nb.grades:
