@@ -309,9 +309,20 @@ def load_checkpoint(directory: str | Path, device: torch.device | str = "cpu", t
 
 
 def _run(args: argparse.Namespace) -> int:
+    from llm_course.beam_search import beam_search, check_beam_settings
     from llm_course.utils import get_device
 
-    check_sampling_settings(args.temperature, args.top_k, args.top_p)
+    check_sampling_settings(args.temperature, args.top_k, args.top_p, args.min_p, args.repetition_penalty)
+    stop = check_stop(args.stop, need_tokenizer=False)
+    sampling_flags = {"--temperature": args.temperature != 1.0, "--top-k": args.top_k, "--top-p": args.top_p,
+                      "--min-p": args.min_p, "--repetition-penalty": args.repetition_penalty,
+                      "--frequency-penalty": args.frequency_penalty, "--presence-penalty": args.presence_penalty,
+                      "--stop": stop}
+    if args.num_beams > 1:
+        check_beam_settings(args.num_beams, args.max_new_tokens, args.length_penalty)
+        given = [flag for flag, value in sampling_flags.items() if value]
+        if given:
+            raise ValueError(f"--num-beams searches deterministically: {', '.join(given)} only apply to sampling")
     device = get_device(args.device)
     model, tok = load_checkpoint(args.checkpoint, device, args.tokenizer)
     prompt = tok.encode(args.prompt, allowed_special="all")
@@ -320,12 +331,19 @@ def _run(args: argparse.Namespace) -> int:
     eos_id = tok.special_tokens.get(args.eos) if args.eos else None
     if args.eos and eos_id is None:
         raise ValueError(f"--eos {args.eos!r} is not a special token of this tokenizer ({sorted(tok.special_tokens)})")
-    generator = torch.Generator(device=device).manual_seed(args.seed)
     idx = torch.tensor([prompt], device=device)  # (1, T)
-    out = generate(
-        model, idx, args.max_new_tokens, args.temperature, args.top_k, args.top_p, generator, eos_id=eos_id
-    )
-    print(tok.decode(out[0].tolist()))
+    if args.num_beams > 1:
+        out = beam_search(model, idx, args.max_new_tokens, args.num_beams, args.length_penalty, eos_id=eos_id)
+    else:
+        generator = torch.Generator(device=device).manual_seed(args.seed)
+        out = generate(
+            model, idx, args.max_new_tokens, args.temperature, args.top_k, args.top_p, generator, eos_id=eos_id,
+            min_p=args.min_p, repetition_penalty=args.repetition_penalty,
+            frequency_penalty=args.frequency_penalty, presence_penalty=args.presence_penalty,
+            stop=stop, tokenizer=tok,
+        )
+    new_text = truncate_at_stop(tok.decode(out[0, len(prompt):].tolist()), stop)
+    print(args.prompt + new_text)
     return 0
 
 
@@ -335,8 +353,8 @@ def add_command(subparsers) -> None:
         help="generate text from a saved model",
         description=(
             "Continue a prompt with a model saved by llm_course.checkpoints.save_model; the folder must also hold "
-            "its tokenizer (Tokenizer.save, as tokenizer.json). Sampling: temperature -> top-k -> top-p, "
-            "temperature 0 is greedy."
+            "its tokenizer (Tokenizer.save, as tokenizer.json). Sampling: penalties -> temperature -> top-k -> "
+            "top-p -> min-p, temperature 0 is greedy; --num-beams N runs beam search instead."
         ),
     )
     parser.add_argument("--checkpoint", type=Path, required=True, help="folder with the model and its tokenizer")
@@ -345,6 +363,20 @@ def add_command(subparsers) -> None:
     parser.add_argument("--temperature", type=float, default=1.0, help="0 for greedy decoding (default: 1.0)")
     parser.add_argument("--top-k", type=int, default=None, help="sample among the k most probable tokens")
     parser.add_argument("--top-p", type=float, default=None, help="sample from the nucleus of probability p")
+    parser.add_argument("--min-p", type=float, default=None,
+                        help="drop tokens below min_p x the most probable token's probability")
+    parser.add_argument("--repetition-penalty", type=float, default=None,
+                        help="divide the positive logits (multiply the negative ones) of tokens already seen")
+    parser.add_argument("--frequency-penalty", type=float, default=0.0,
+                        help="subtract this x the count of each token generated so far (default: 0)")
+    parser.add_argument("--presence-penalty", type=float, default=0.0,
+                        help="subtract this from each token generated at least once (default: 0)")
+    parser.add_argument("--stop", action="append", default=None, metavar="TEXT",
+                        help="end once the new text contains TEXT (repeatable); TEXT is not printed")
+    parser.add_argument("--num-beams", type=int, default=1,
+                        help="beam search with this many beams instead of sampling (default: 1, sampling)")
+    parser.add_argument("--length-penalty", type=float, default=1.0,
+                        help="beam search: divide a finished beam's log-probability by length**this (default: 1)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sampler's generator (default: 0)")
     parser.add_argument("--eos", default=None, help="stop at this special token, e.g. '<|endoftext|>'")
     parser.add_argument("--tokenizer", type=Path, default=None, help="tokenizer JSON, if not in the folder")

@@ -77,6 +77,7 @@ CHROMIUM_FLAGS = (
     "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
 )
 PAGE_LOAD_TIMEOUT_S = 60
+LOAD_ATTEMPTS = 3
 MATHJAX_TIMEOUT_S = 60
 IMAGE_TIMEOUT_S = 20
 MAX_LINES_PER_PAGE = 25
@@ -137,9 +138,15 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
         self.server.requests.append((self.path, int(code) if str(code).isdigit() else 0))
 
 
+class _Server(http.server.ThreadingHTTPServer):
+    # A page asks for 20-40 files at once; the default backlog of 5 connections can overflow on
+    # a loaded machine, and a refused connection for the page itself shows Chromium's error page.
+    request_queue_size = 128
+
+
 def start_server(build: Path) -> http.server.ThreadingHTTPServer:
     handler = functools.partial(_QuietHandler, directory=str(build))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server = _Server(("127.0.0.1", 0), handler)
     server.requests = []
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -370,12 +377,24 @@ def check_page(driver, server, build: Path, page: str, base: str) -> PageResult:
     url = f"{base}/{page}.html"
     origin = urlsplit(base).netloc
     start = time.monotonic()
-    server.requests.clear()
-    driver.get_log("browser"), driver.get_log("performance")  # drop what came before
-    try:
-        driver.get(url)
-    except Exception as exc:  # noqa: BLE001 - report any browser failure as the page's
-        result.failures.append(f"did not load: {type(exc).__name__}: {exc}".splitlines()[0])
+    for attempt in range(LOAD_ATTEMPTS):
+        server.requests.clear()
+        driver.get_log("browser"), driver.get_log("performance")  # drop what came before
+        try:
+            driver.get(url)
+        except Exception as exc:  # noqa: BLE001 - report any browser failure as the page's
+            result.failures.append(f"did not load: {type(exc).__name__}: {exc}".splitlines()[0])
+            return result
+        # A failed navigation can return normally with Chromium's error page in the tab: check
+        # that the tab holds the page asked for, and load it again if not (a loaded machine).
+        shown = driver.execute_script(
+            "return [location.href, document.readyState, !!document.querySelector('main, article')]")
+        if urldefrag(shown[0])[0] == url and shown[1] == "complete" and shown[2]:
+            break
+    else:
+        result.failures.append(f"did not load: the tab shows {shown[0]} ({shown[1]}, "
+                               f"main content {'found' if shown[2] else 'missing'}) "
+                               f"after {LOAD_ATTEMPTS} attempts")
         return result
     report = driver.execute_async_script(PAGE_REPORT_JS, MATHJAX_TIMEOUT_S, IMAGE_TIMEOUT_S)
     result.seconds = time.monotonic() - start

@@ -15,6 +15,7 @@ citation and a numref that miss their targets, an unresolved reference) must eac
 A chapter's generated notebook (scripts/page_notebook.py) is run top to bottom in a fresh kernel.
 """
 
+import functools
 import os
 import re
 import shutil
@@ -276,6 +277,51 @@ def test_checker_reports_each_planted_fault_on_its_page(tiny_book):
             assert any(re.search(pattern, line) for line in lines[1:]), (
                 f"{name}: nothing matches {pattern!r} in\n" + "\n".join(lines))
     assert re.search(r"7 pages checked in .*: 2 ok, 5 failed", output), output
+
+
+class _FailsFirstRequests(check_book._QuietHandler):
+    """Answers the first `drops` requests of `page` with 503 and a body that is not the page.
+    (A connection closed without an answer is no test: Chromium retries that request itself.)"""
+
+    page = ""
+    drops = 0
+
+    def do_GET(self):  # noqa: N802 - the base class's name
+        if self.path == self.page and type(self).drops > 0:
+            type(self).drops -= 1
+            self.send_error(503, "busy")
+            return
+        super().do_GET()
+
+
+@pytest.mark.parametrize("drops", [1, check_book.LOAD_ATTEMPTS])
+@needs_browser
+@needs_mathjax
+def test_checker_loads_a_page_again_when_the_browser_shows_an_error_page(tiny_book, tmp_path, drops):
+    """A load that fails leaves an error page in the tab, and `driver.get` returns as if all
+    went well: the checker must load the page again, and say plainly if it never came, not
+    check the error page as the book (it once counted 0 links on a page with 2)."""
+    build = tiny_book / "_build" / "html"
+    server = check_book.start_server(build)
+    handler = type("Handler", (_FailsFirstRequests,), {"page": "/book/01_demo.html", "drops": drops})
+    server.RequestHandlerClass = functools.partial(handler, directory=str(build))
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    driver = check_book.make_driver(CHROMIUM, CHROMEDRIVER, tmp_path / "profile")
+    try:
+        result = check_book.check_page(driver, server, build, "book/01_demo", base)
+    finally:
+        driver.quit()
+        server.shutdown()
+        server.server_close()
+    assert handler.drops == 0
+    if drops < check_book.LOAD_ATTEMPTS:
+        assert result.failures == [], result.failures
+        assert result.counts["links"] > 0
+    else:
+        assert len(result.failures) == 1, result.failures
+        assert re.fullmatch(rf"did not load: the tab shows {base}/book/01_demo.html \(complete, "
+                            rf"main content missing\) after {drops} attempts",
+                            result.failures[0]), result.failures
 
 
 @needs_browser

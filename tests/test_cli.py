@@ -4,6 +4,9 @@ import ast
 import subprocess
 import sys
 
+import pytest
+import torch
+
 
 def run(*args):
     return subprocess.run([sys.executable, "-m", "llm_course", *args], capture_output=True, text=True, timeout=120)
@@ -36,19 +39,58 @@ def test_bad_input_is_one_clear_line(tmp_path):
     assert proc.returncode == 2 and "vocab_size must be at least 256" in proc.stderr
 
 
-def test_train_then_generate_from_the_checkpoint_alone(tmp_path):
-    """`train` writes checkpoints that `generate --checkpoint` samples from with no other flag."""
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A checkpoint written by `train` on a toy corpus."""
+    tmp_path = tmp_path_factory.mktemp("cli_run")
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("The quick brown fox jumps over the lazy dog. " * 100, encoding="utf-8")
     out = tmp_path / "run"
     proc = run("train", "--corpus", str(corpus), "--out", str(out), "--vocab-size", "280", "--steps", "2",
                "--batch-size", "2", "--seq-len", "16", "--checkpoint-interval", "2", "--device", "cpu", "--no-progress")
     assert proc.returncode == 0, proc.stderr
-    checkpoint = out / "step_0000002"
+    return out / "step_0000002"
+
+
+def test_train_then_generate_from_the_checkpoint_alone(checkpoint):
+    """`train` writes checkpoints that `generate --checkpoint` samples from with no other flag."""
     assert {"model.safetensors", "llm_course_config.json", "tokenizer.json"} <= {p.name for p in checkpoint.iterdir()}
     proc = run("generate", "--checkpoint", str(checkpoint), "--prompt", "The quick", "--max-new-tokens", "5")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("The quick") and proc.stdout.rstrip("\n") != "The quick"  # new tokens follow
+
+
+def test_generate_stops_at_a_stop_string_and_searches_beams(checkpoint):
+    """--stop ends the text where the same sample first contains it; --num-beams is the library's search."""
+    from llm_course.beam_search import beam_search
+    from llm_course.generation import load_checkpoint
+
+    sample = ["generate", "--checkpoint", str(checkpoint), "--prompt", "The", "--max-new-tokens", "30",
+              "--seed", "3", "--repetition-penalty", "1.2", "--min-p", "0.01"]
+    free = run(*sample)
+    assert free.returncode == 0, free.stderr
+    new_text = free.stdout.rstrip("\n")[len("The"):]
+    stop = new_text[4:7]
+    assert len(stop) == 3
+    stopped = run(*sample, "--stop", stop, "--stop", "no such text")
+    assert stopped.returncode == 0, stopped.stderr
+    assert stopped.stdout.rstrip("\n") == "The" + new_text[: new_text.index(stop)]
+
+    beams = run("generate", "--checkpoint", str(checkpoint), "--prompt", "The quick", "--max-new-tokens", "6",
+                "--num-beams", "3", "--length-penalty", "0.5")
+    assert beams.returncode == 0, beams.stderr
+    model, tok = load_checkpoint(checkpoint, torch.device("cpu"))
+    prompt = tok.encode("The quick")
+    expected = beam_search(model, torch.tensor([prompt]), 6, 3, 0.5)
+    assert beams.stdout.rstrip("\n") == "The quick" + tok.decode(expected[0, len(prompt):].tolist())
+
+
+def test_generate_rejects_sampling_flags_with_beams_in_one_line(checkpoint):
+    proc = run("generate", "--checkpoint", str(checkpoint), "--prompt", "The", "--num-beams", "2", "--top-k", "5")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "--num-beams searches deterministically: --top-k only apply to sampling" in proc.stderr
+    proc = run("generate", "--checkpoint", str(checkpoint), "--prompt", "The", "--stop", "")
+    assert proc.returncode == 2 and "stop strings must be non-empty strings" in proc.stderr
 
 
 def test_parallel_training_needs_torchrun(tmp_path):
