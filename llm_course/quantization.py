@@ -9,8 +9,8 @@ Rounding moves a weight by at most half a step, so |w - w_hat| <= scale / 2 for 
 (`max_quantization_error`). One scale per *output channel* (a row of an `nn.Linear` weight)
 is LLM.int8()'s vector-wise quantization without its outlier decomposition (Dettmers et al.,
 2022); one scale per *group* of g consecutive inputs of a row (g = 32 .. 128) is the layout of
-GPTQ/AWQ-style int4 checkpoints, whose rounding here is plain round-to-nearest (no GPTQ
-error correction, no AWQ activation-aware scaling).
+GPTQ/AWQ-style int4 checkpoints, whose rounding here is plain round-to-nearest (GPTQ's error
+correction is `llm_course.gptq`; no AWQ activation-aware scaling).
 
 - `quantize_groupwise(w, bits, group_size)` and `dequantize_groupwise(q, scale)`, pure
   functions; `quantize_int8` is the per-channel case (group_size = in_features);
@@ -23,8 +23,11 @@ error correction, no AWQ activation-aware scaling).
   a model's linear layers for it in place;
 - `weight_bytes(module)`: the bytes of a module's parameters and buffers.
 
-Left out: activation quantization (int8 matmuls), zero points (asymmetric schemes), NF4 of
-QLoRA (chapter 11 uses its own), outlier handling, and fused dequantize-matmul kernels.
+Activation quantization (int8 matmuls) and LLM.int8()'s outlier handling are in
+`llm_course.outliers`; GPTQ's error-compensating rounding in `llm_course.gptq`.
+
+Left out: zero points (asymmetric schemes), NF4 of QLoRA (chapter 11 uses its own), and fused
+dequantize-matmul kernels.
 """
 
 from __future__ import annotations

@@ -15,6 +15,11 @@
   AdamW on whatever parameters require gradients (all of them: full fine-tuning; only adapters
   after `lora.apply_lora`: LoRA; adapters on an int4 base after `quantization.quantize_model`:
   QLoRA).
+- Two measurements around it: `few_shot_prompt` builds a k-shot prompt in the chat template
+  (k solved training examples of the query's task, then the query), which `score_responses`
+  scores (loss on the response, and greedy exact match from one forward pass), to set prompting
+  the base model against fine-tuning it (Brown et al., 2020); `pretraining_loss` is chapter 06's
+  validation loss, to see what fine-tuning forgot of the pretraining text.
 
 Left out: multi-turn conversations and system prompts, packing several examples per row,
 and real (human-written) instruction data.
@@ -26,6 +31,7 @@ import random
 import re
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -35,7 +41,7 @@ from llm_course.generation import generate
 from llm_course.losses import cross_entropy
 from llm_course.shuffled_batches import ShuffledBatches
 from llm_course.tokenizer import Tokenizer
-from llm_course.trainer import TrainConfig, Trainer
+from llm_course.trainer import TrainConfig, Trainer, eval_batches
 
 USER, ASSISTANT, END = "<|user|>", "<|assistant|>", "<|endoftext|>"
 
@@ -162,12 +168,17 @@ def parse_chat(text: str) -> Example:
     return Example("", match.group(1), match.group(2))
 
 
-def encode_example(example: Example, tokenizer: Tokenizer) -> tuple[list[int], list[int], list[bool]]:
+def encode_example(
+    example: Example, tokenizer: Tokenizer, prompt: str | None = None
+) -> tuple[list[int], list[int], list[bool]]:
     """(inputs, targets, response_mask) for next-token training, each of length L - 1 for L tokens.
 
     targets[t] is token t + 1; response_mask[t] is True where that target belongs to the response
-    (its end token included), so the loss learns to answer and to stop, not to predict prompts."""
-    prompt = tokenizer.encode(format_prompt(example.instruction), allowed_special="all")
+    (its end token included), so the loss learns to answer and to stop, not to predict prompts.
+    `prompt` is the text before the response (default `format_prompt(example.instruction)`; a
+    `few_shot_prompt` puts solved examples before it)."""
+    prompt_text = format_prompt(example.instruction) if prompt is None else prompt
+    prompt = tokenizer.encode(prompt_text, allowed_special="all")
     answer = tokenizer.encode(" " + example.response) + [tokenizer.special_tokens[END]]
     tokens = prompt + answer
     mask = [t + 1 >= len(prompt) for t in range(len(tokens) - 1)]
@@ -250,28 +261,92 @@ def sft_train(
     return SFTResult(history["loss"], seconds, trainable, trainer)
 
 
+@dataclass
+class ResponseScores:
+    """What `score_responses` measured, one entry per example."""
+
+    nll: torch.Tensor  # (N,) float: the summed loss over the response tokens (nats)
+    tokens: torch.Tensor  # (N,) long: the number of response tokens (the end token included)
+    greedy_exact: torch.Tensor  # (N,) bool: every response token is the most likely one at its position
+
+    @property
+    def loss(self) -> float:
+        """Nats per response token, over all examples (`response_loss`)."""
+        return (self.nll.sum() / self.tokens.sum()).item()
+
+    @property
+    def exact(self) -> float:
+        """The fraction of examples that greedy decoding answers token for token."""
+        return self.greedy_exact.float().mean().item()
+
+
 @torch.no_grad()
-def response_loss(model: nn.Module, examples: list[Example], tokenizer: Tokenizer, batch_size: int = 64) -> float:
-    """The mean masked loss (nats per response token) of `model` on `examples`."""
+def score_responses(
+    model: nn.Module,
+    examples: list[Example],
+    tokenizer: Tokenizer,
+    prompts: Sequence[str] | None = None,
+    batch_size: int = 64,
+) -> ResponseScores:
+    """The loss of `model` on each example's response given its prompt, and whether greedy decoding
+    would write that response, from one forward pass per batch (no generation).
+
+    Greedy decoding picks the most likely token at each step; it writes the response, end token
+    included, exactly when at every response position (the right answer so far being the input)
+    the most likely token is the response's. That is `exact_match` token for token: `exact_match`
+    also counts an answer spelled with other tokens that decode to the same text, so it can only
+    be higher. `prompts` (one per example) replaces the template's prompt, e.g. with
+    `few_shot_prompts`."""
+    if prompts is not None and len(prompts) != len(examples):
+        raise ValueError(f"give one prompt per example: {len(prompts)} prompts for {len(examples)} examples")
     device = next(model.parameters()).device
     model.eval()
-    total, count = 0.0, 0
+    nll, tokens, exact = [], [], []
     for i in range(0, len(examples), batch_size):
-        inputs, targets, mask = (t.to(device) for t in collate([encode_example(e, tokenizer) for e in examples[i : i + batch_size]]))
-        n = int(mask.sum())
-        total += masked_sft_loss(model(inputs), targets, mask).item() * n
-        count += n
-    return total / count
+        encoded = [encode_example(e, tokenizer, None if prompts is None else prompts[i + j])
+                   for j, e in enumerate(examples[i : i + batch_size])]  # fmt: skip
+        inputs, targets, mask = (t.to(device) for t in collate(encoded))  # (b, T) each
+        rows = mask.nonzero()[:, 0]  # (n,): the example of each response position
+        logits = model.lm_head(model.features(inputs)[mask])  # (n, V): the head only where the loss counts
+        per_token = cross_entropy(logits, targets[mask], reduction="none")  # (n,)
+        wrong = (logits.argmax(dim=-1) != targets[mask]).float()  # (n,)
+        nll.append(torch.zeros(len(encoded), device=device).index_add_(0, rows, per_token))
+        tokens.append(mask.sum(dim=1))
+        exact.append(torch.zeros(len(encoded), device=device).index_add_(0, rows, wrong) == 0)
+    return ResponseScores(torch.cat(nll).cpu(), torch.cat(tokens).cpu(), torch.cat(exact).cpu())
+
+
+def response_loss(
+    model: nn.Module,
+    examples: list[Example],
+    tokenizer: Tokenizer,
+    batch_size: int = 64,
+    prompts: Sequence[str] | None = None,
+) -> float:
+    """The mean masked loss (nats per response token) of `model` on `examples` (`score_responses`)."""
+    return score_responses(model, examples, tokenizer, prompts, batch_size).loss
+
+
+def answers(model: nn.Module, tokenizer: Tokenizer, instructions: list[str], max_new_tokens: int = 12) -> list[str]:
+    """The model's greedy answers to `instructions` (each stops at <|endoftext|>)."""
+    return complete(model, tokenizer, [format_prompt(i) for i in instructions], max_new_tokens)
 
 
 @torch.no_grad()
-def answers(model: nn.Module, tokenizer: Tokenizer, instructions: list[str], max_new_tokens: int = 12) -> list[str]:
-    """The model's greedy answers to `instructions` (each stops at <|endoftext|>).
+def complete(model: nn.Module, tokenizer: Tokenizer, prompts: list[str], max_new_tokens: int = 12) -> list[str]:
+    """Greedy continuations of the texts `prompts` (special tokens allowed), each cut at <|endoftext|>.
 
-    Prompts of equal length are generated together as one batch (no padding needed)."""
+    Prompts of equal length are generated together as one batch (no padding needed). A prompt
+    whose tokens and `max_new_tokens` do not fit the model's context is an error: the model
+    would silently lose its start."""
     device = next(model.parameters()).device
     end = tokenizer.special_tokens[END]
-    prompts = [tokenizer.encode(format_prompt(i), allowed_special="all") for i in instructions]
+    context = model.config.context_length
+    prompts = [tokenizer.encode(p, allowed_special="all") for p in prompts]
+    for i, p in enumerate(prompts):
+        if len(p) + max_new_tokens > context:
+            raise ValueError(f"prompt {i} has {len(p)} tokens: with max_new_tokens={max_new_tokens} it does not "
+                             f"fit the model's context of {context} tokens")  # fmt: skip
     out: list[str] = [""] * len(prompts)
     by_length: dict[int, list[int]] = {}
     for i, p in enumerate(prompts):
@@ -288,3 +363,75 @@ def exact_match(model: nn.Module, examples: list[Example], tokenizer: Tokenizer)
     """The fraction of `examples` whose greedy answer equals the response exactly (outer spaces stripped)."""
     got = answers(model, tokenizer, [e.instruction for e in examples])
     return sum(g.strip() == e.response for g, e in zip(got, examples)) / len(examples)
+
+
+# --------------------------------------------------------------------------- few-shot prompting and forgetting
+def few_shot_prompt(query: Example, pool: Sequence[Example], k: int, seed: int = 0) -> str:
+    """The k-shot prompt for `query`: k solved examples of its task from `pool`, each as `format_chat`
+    writes it, then `format_prompt(query.instruction)`; the model's continuation is its answer.
+
+    The demonstrations are the first k of the pool's examples of `query.task`, shuffled with
+    `seed`: one seed gives each k the first k of the same order, so a larger k only adds examples.
+    An example whose instruction is the query's is never used (its response is the answer asked
+    for). Errors: k not an int >= 0, a query without a known task, fewer than k examples to use."""
+    if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+        raise ValueError(f"k (the number of examples in the prompt) must be an int >= 0, got {k!r}")
+    if query.task not in TASKS:
+        raise ValueError(f"the query's task must be one of {sorted(TASKS)} to pick examples of it, got {query.task!r}")
+    usable = [e for e in pool if e.task == query.task and e.instruction != query.instruction]
+    if k > len(usable):
+        raise ValueError(f"k={k} examples asked for, but the pool has only {len(usable)} of task {query.task!r} "
+                         f"other than the query")  # fmt: skip
+    random.Random(seed).shuffle(usable)
+    return "".join(format_chat(e) for e in usable[:k]) + format_prompt(query.instruction)
+
+
+def few_shot_prompts(queries: Sequence[Example], pool: Sequence[Example], k: int, seed: int = 0) -> list[str]:
+    """`few_shot_prompt` of each query, the i-th shuffled with seed + i (each query its own examples)."""
+    return [few_shot_prompt(q, pool, k, seed + i) for i, q in enumerate(queries)]
+
+
+def pretraining_loss(
+    model: nn.Module,
+    tokens: torch.Tensor,
+    seq_len: int | None = None,
+    batch_size: int = 16,
+    vocab_size: int | None = None,
+) -> float:
+    """The pretraining objective on held-out text, measured as chapter 06's trainer measures its
+    validation loss: next-token cross-entropy (nats per token) over consecutive windows of `seq_len`
+    tokens (default: the model's context) from the start of the 1-D `tokens`, cut into batches of
+    `batch_size` windows (`trainer.eval_batches`), the mean of each batch's mean.
+
+    Every whole window is used; a last, shorter batch weighs as much as a full one, as in the
+    trainer. Measured before and after fine-tuning, its rise is what the model forgot of its
+    pretraining text. `vocab_size` keeps only the logits of the first `vocab_size` ids in the
+    softmax: with the ids the text never contains left out (special tokens added after it, or an
+    end token), the loss no longer counts the probability the model gives them."""
+    return pretraining_losses(model, tokens, [vocab_size], seq_len, batch_size)[0]
+
+
+@torch.no_grad()
+def pretraining_losses(
+    model: nn.Module,
+    tokens: torch.Tensor,
+    vocab_sizes: Sequence[int | None],
+    seq_len: int | None = None,
+    batch_size: int = 16,
+) -> list[float]:
+    """`pretraining_loss` for each of `vocab_sizes` (None: the whole vocabulary), from one forward pass."""
+    seq_len = model.config.context_length if seq_len is None else seq_len
+    if seq_len > model.config.context_length:
+        raise ValueError(f"seq_len {seq_len} exceeds the model's context_length {model.config.context_length}")
+    for v in vocab_sizes:
+        if v is not None and not 0 < v <= model.config.vocab_size:
+            raise ValueError(f"vocab_size must be in [1, {model.config.vocab_size}] (the model's), got {v}")
+        if v is not None and int(tokens.max()) >= v:
+            raise ValueError(f"the tokens hold id {int(tokens.max())}, outside the first vocab_size={v} ids")
+    device = next(model.parameters()).device
+    model.eval()
+    losses = []  # one row per batch: its mean loss for each vocabulary size
+    for x, y in eval_batches(tokens, batch_size, seq_len, n_batches=len(tokens)):  # x, y: (b, seq_len)
+        logits, y = model(x.to(device)), y.to(device)  # logits (b, seq_len, V)
+        losses.append([cross_entropy(logits[..., :v], y).item() for v in vocab_sizes])
+    return [sum(column) / len(column) for column in zip(*losses)]

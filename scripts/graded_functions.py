@@ -104,6 +104,9 @@ REFERENCES: dict[str, tuple[str, ...]] = {
     "retrieval_prompt": ("llm_course.failures:retrieval_prompt",),
     "accuracy_by_position": ("llm_course.failures:accuracy_by_position",),
     "expected_calibration_error": ("llm_course.failures:expected_calibration_error",),
+    # 06_pretraining_data
+    "minhash_signature": ("llm_course.dedup:minhash_signature",),
+    "lsh_candidate_pairs": ("llm_course.dedup:lsh_candidate_pairs",),
     # 15_in_context_learning
     "induction_score": ("llm_course.icl:induction_score",),
     "score_answers": ("llm_course.icl:score_answers",),
@@ -417,6 +420,8 @@ EXERCISES: dict[str, tuple[int, int, str]] = {
     "retrieval_prompt": (15, 1, "Place the needle at the requested position among the distractors, then append the question."),
     "accuracy_by_position": (20, 2, "Group the results by the needle's position and average the correct answers in each group."),
     "expected_calibration_error": (30, 2, "Bin the confidences into equal-width bins (mind which side of each bin is closed, as the statement says), skip empty bins, then sum `|accuracy - confidence|` per bin weighted by its share of the samples."),
+    "minhash_signature": (15, 1, "Broadcast: `a[:, None] * x[None, :] + b[:, None]` is the (k, n) table of hashes; reduce it mod PRIME in int64 and take the minimum along the shingles."),
+    "lsh_candidate_pairs": (25, 2, "For each band, a dict from the band's values (as a tuple) to the documents that have them; every pair inside a bucket is a candidate. Collect the pairs in a set, then sort."),
     "induction_score": (25, 2, "Walk each sequence once, remembering where every token was last seen; at a repeat, add the attention from i to last_seen + 1, then average over the repeats of the whole batch."),
     "score_answers": (20, 2, "Feed `prompts` followed by `answers[:, :-1]`; the last m positions' logits predict the m answer tokens. Average their log-softmax at the answer ids; exact match needs every argmax right."),
 }

@@ -28,6 +28,7 @@ from llm_course.failures import (
     retrieval_prompt,
     retrieval_train_config,
 )
+from llm_course.long_context import variant
 from llm_course.tokenizer import Tokenizer
 from llm_course.trainer import Trainer
 from llm_course.transformer import Transformer, TransformerConfig
@@ -133,6 +134,11 @@ def test_retrieval_training_learns_and_is_cached(tmp_path):
     result = retrieval_accuracy_by_position(model, cfg.task, 50, torch.Generator().manual_seed(0))
     assert result["accuracy"].shape == result["stderr"].shape == result["prob_correct"].shape == (4,)
     assert result["accuracy"].mean() > 1 / 8  # better than guessing a value
+    # A sliding window of 3 tokens (the last fact, the query marker, the key) hides every other fact:
+    # the values are uniform and independent of the keys, so the model can only guess them.
+    windowed = variant(model, attention_window=3)
+    hidden = retrieval_accuracy_by_position(windowed, cfg.task, 200, torch.Generator().manual_seed(0))["accuracy"][:-1]
+    assert hidden.max() < 0.25 < result["accuracy"].mean()
 
 
 def test_retrieval_model_cache_follows_settings_and_imported_code(tmp_path, monkeypatch):

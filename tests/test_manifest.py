@@ -16,8 +16,9 @@ GOOD = '[[chapters]]\nid = "05_transformer"\nchecks = "llm_course.grading.transf
 
 
 def toc_files() -> list[str]:
+    """The toc's files in reading order, a chapter's sub-pages (`sections:`) right after it."""
     toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
-    return [c["file"] for part in toc["parts"] for c in part["chapters"]]
+    return [e["file"] for part in toc["parts"] for c in part["chapters"] for e in [c, *c.get("sections", [])]]
 
 
 def test_parse_reads_every_field_in_order():
