@@ -21,8 +21,9 @@ Implements
   `KVCache.nbytes` checks against the allocated tensors.
 
 Grouped-query attention (H_kv < H) shrinks the cache by H / H_kv: only the key/value heads are
-stored. Left out: paged memory (vLLM's PagedAttention), sliding-window and quantized caches,
-and sharing prefixes between requests.
+stored. Left out here: paged memory (vLLM's PagedAttention: its block tables, allocator and
+attention are `llm_course.paged_kv`, not wired into this cache), sliding-window and quantized
+caches, and sharing prefixes between requests.
 """
 
 from __future__ import annotations
