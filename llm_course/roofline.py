@@ -142,8 +142,8 @@ def roofline_seconds(flops: float, n_bytes: float, peak_flops: float, bandwidth:
 # ---------------------------------------------------------------------------------------
 
 
-def _best_seconds(fn, device: torch.device, reps: int) -> float:
-    """The fastest of `reps` timed calls after one warm-up (the peak, as STREAM reports it)."""
+def _timed(fn, device: torch.device, reps: int) -> list[float]:
+    """Seconds of each of `reps` calls of `fn` after one warm-up call (CUDA synchronized around each)."""
     fn()
     times = []
     for _ in range(reps):
@@ -154,7 +154,12 @@ def _best_seconds(fn, device: torch.device, reps: int) -> float:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         times.append(time.perf_counter() - start)
-    return min(times)
+    return times
+
+
+def _best_seconds(fn, device: torch.device, reps: int) -> float:
+    """The fastest of `reps` timed calls after one warm-up (the peak, as STREAM reports it)."""
+    return min(_timed(fn, device, reps))
 
 
 def measure_bandwidth(device: torch.device | str, n_bytes: int = 2**26, reps: int = 5) -> float:
@@ -194,13 +199,5 @@ def time_forward(model: nn.Module, n_new: int, n_cached: int = 0, batch: int = 1
     def step():
         cache.crop(n_cached)  # forget the previous repetition's new tokens
         model(ids[:, n_cached:], cache=cache)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
 
-    step()  # warm-up
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(_timed(step, device, reps))

@@ -348,6 +348,21 @@ def one_thread() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
+def expect_value_error(fn: Callable, args: tuple, should: str) -> None:
+    """The student's `fn`, called through `call` on invalid `args`, must raise ValueError.
+
+    Whether it did is read from the exception itself (`call` chains it), not from a message: an
+    error of another type, a refused or endless call fail with `call`'s own message, and a return
+    fails with `should` ("f(...) should raise ValueError (why)") and what came back."""
+    try:
+        got = call(fn, *args)
+    except CheckFailed as err:
+        if isinstance(err.__cause__, ValueError):
+            return
+        raise
+    fail(f"{should}, got {short(got)}")
+
+
 def passed(fn: Callable, what: str) -> None:
     """Print the line a student sees when a check passes."""
     print(f"\u2714 {_name(fn)}: {what}")
